@@ -1,0 +1,5 @@
+"""Allows `python -m lorafuse`."""
+
+from lorafuse.cli import main
+
+raise SystemExit(main())
