@@ -89,8 +89,9 @@ def _shard_plan(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, max_shar
 
 
 def _write_model_configs(out: Path, shape: LlamaShape) -> None:
-    from lorafuse.merger.tiny import train_tokenizer
     from transformers import GenerationConfig, LlamaConfig
+
+    from lorafuse.merger.tiny import train_tokenizer
 
     config = LlamaConfig(
         hidden_size=shape.hidden,

@@ -4,10 +4,12 @@ optionally inside a memory cgroup (v2, or the v1 memory hierarchy) with a hard l
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -63,39 +65,56 @@ def _kib_fields(status: str) -> dict[str, int]:
     return {name: int(kib) * 1024 for name, kib in found}
 
 
-def run_measured(label: str, command: list[str], cgroup: MemoryCgroup | None = None) -> Measurement:
-    """Start `command`, wait for it with wait4() and keep that child's own rusage.
+# The per-run wrapper: a bare interpreter (-I -S: no site, no imports beyond the stdlib
+# modules below) that spawns the command, reports its pid, waits for it, and reports
+# RUSAGE_CHILDREN: with exactly one child that is the command's own usage.
+#
+# Why a wrapper: ru_maxrss of an exec'd child starts from the high-water mark of the
+# memory image it was forked (or vfork'd) from. A benchmark process that has imported
+# torch or compared two checkpoints would pass its own peak on to every later child;
+# the wrapper's image is a few MiB, far below anything measured here.
+_WRAPPER = """
+import json, os, resource, sys, time
+devnull = os.open(os.devnull, os.O_WRONLY)
+start = time.perf_counter()
+pid = os.posix_spawn(sys.argv[1], sys.argv[1:], os.environ,
+                     file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 1)])
+print(pid, flush=True)
+_, status = os.waitpid(pid, 0)
+wall = time.perf_counter() - start
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+                  "maxrss_kib": usage.ru_maxrss,
+                  "returncode": os.waitstatus_to_exitcode(status)}), flush=True)
+"""
 
-    wait4 on a single pid returns the rusage of that child (and of descendants it
-    waited for), never of earlier runs: unlike getrusage(RUSAGE_CHILDREN), whose
-    ru_maxrss is the maximum over every child ever reaped by this process.
-    """
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
+
+def run_measured(label: str, command: list[str], cgroup: MemoryCgroup | None = None) -> Measurement:
+    """Run `command` (an absolute executable first) under the wrapper; collect its figures."""
+    wrapper = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", _WRAPPER, *command],
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        preexec_fn=cgroup.enter if cgroup else None,
+        preexec_fn=cgroup.enter if cgroup else None,  # the command inherits the cgroup
     )
-    # Drain stderr on the side so a chatty child never blocks on a full pipe.
+    # Drain stderr on the side so a chatty command never blocks on a full pipe.
     stderr_chunks: list[bytes] = []
-    reader = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()))
+    reader = threading.Thread(target=lambda: stderr_chunks.append(wrapper.stderr.read()))
     reader.start()
-    sampler = _PeakSampler(proc.pid, cgroup)
+    sampler = _PeakSampler(int(wrapper.stdout.readline()), cgroup)
     sampler.start()
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
+    report = json.loads(wrapper.stdout.read())
+    wrapper.wait()
     sampler.done.set()
     sampler.join()
     reader.join()
-    proc.returncode = os.waitstatus_to_exitcode(status)  # tell Popen it is reaped
     stderr = b"".join(stderr_chunks).decode(errors="replace")
     result = Measurement(
         label=label,
-        wall_s=wall,
-        cpu_s=usage.ru_utime + usage.ru_stime,
-        peak_rss_bytes=usage.ru_maxrss * 1024,  # Linux reports KiB
-        returncode=proc.returncode,
+        wall_s=report["wall_s"],
+        cpu_s=report["cpu_s"],
+        peak_rss_bytes=report["maxrss_kib"] * 1024,
+        returncode=report["returncode"],
         load_average=os.getloadavg()[0],
         peak_rss_anon_bytes=sampler.anon,
         peak_rss_file_bytes=sampler.file,
