@@ -244,15 +244,28 @@ def _sort_tensors(adapter: Adapter, tensors: dict[str, torch.Tensor]) -> None:
             parts.setdefault(match["module"], {})[part] = tensor
         elif "lora_" in inner or "trainable_tokens" in inner:
             raise UserError(f"{adapter.weights_file}: unrecognised adapter tensor {key!r}")
-        else:
-            # modules_to_save, saved embedding layers (`.base_layer.`) and trained biases
-            # replace base tensors outright.
-            adapter.replacements[inner.replace(".base_layer.", ".")] = tensor
+        elif ".original_module." not in inner:  # the untrained copy of a modules_to_save layer
+            _add_replacement(adapter, key, inner, tensor)
     for module, found in parts.items():
         if "token_adapter.trainable_tokens_delta" in found:
             _add_token_rows(adapter, module, found.pop("token_adapter.trainable_tokens_delta"))
         if found:
             adapter.lora[f"{module}.weight"] = _lora_part(adapter, module, found)
+
+
+# Infixes PEFT leaves in the names of whole saved layers: modules_to_save copies and the
+# embedding layers saved next to their LoRA (save_embedding_layers).
+_WRAPPER_INFIXES = re.compile(r"\.(?:modules_to_save(?:\.default)?|base_layer)\.")
+
+
+def _add_replacement(adapter: Adapter, key: str, inner: str, tensor: torch.Tensor) -> None:
+    """modules_to_save layers, saved embedding layers and trained biases replace base tensors."""
+    target = _WRAPPER_INFIXES.sub(".", inner)
+    known = adapter.replacements.get(target)
+    if known is not None and not (known.shape == tensor.shape and torch.equal(known, tensor)):
+        raise UserError(f"{adapter.weights_file}: {key!r} and another saved copy of {target!r} "
+                        "differ")
+    adapter.replacements[target] = tensor
 
 
 def _lora_part(adapter: Adapter, module: str, found: dict[str, torch.Tensor]) -> LoraPart:

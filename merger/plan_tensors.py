@@ -106,12 +106,12 @@ def _has_tensor(base: BaseCheckpoint, key: str) -> bool:
 
 def _missing(adapter: Adapter, what: str, key: str) -> UserError:
     return UserError(f"{adapter.weights_file}: {what} targets {key!r}, which the base model "
-                     f"({adapter.name}'s base) does not have")
+                     "does not have")
 
 
 def _add_replacements(base: BaseCheckpoint, changes: dict[str, TensorPlan],
                       adapter: Adapter) -> None:
-    for key, tensor in adapter.replacements.items():
+    for key, tensor in sorted(adapter.replacements.items()):
         if not _has_tensor(base, key):
             raise _missing(adapter, f"tensor {key!r}", key)
         _add_replacement(base, _plan_for(base, changes, key), adapter, tensor)
@@ -119,11 +119,11 @@ def _add_replacements(base: BaseCheckpoint, changes: dict[str, TensorPlan],
 
 def _add_adapter(base: BaseCheckpoint, changes: dict[str, TensorPlan], adapter: Adapter,
                  weight: float, combine: str) -> None:
-    for key, rows in adapter.token_rows.items():
+    for key, rows in sorted(adapter.token_rows.items()):
         if not _has_tensor(base, key):
             raise _missing(adapter, "trainable_token_indices", key)
         _plan_for(base, changes, key).token_rows.append(rows)
-    for key, part in adapter.lora.items():
+    for key, part in sorted(adapter.lora.items()):
         if not _has_tensor(base, key):
             raise _missing(adapter, f"LoRA module {part.module!r}", key)
         plan = _plan_for(base, changes, key)

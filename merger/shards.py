@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import struct
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +37,8 @@ ITEM_BYTES = {
     "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1,
 }
 MAX_HEADER_BYTES = 100 * 1024 * 1024
-CHUNK_BYTES = 16 * 1024 * 1024
+CHUNK_BYTES = 8 * 1024 * 1024
+WRITE_BUFFER_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -125,29 +128,56 @@ def _check_layout(header: SafetensorsHeader) -> None:
 
 
 class HashedReader:
-    """Reads one safetensors file front to back, hashing every byte on the way (one pass)."""
+    """Reads one safetensors file front to back, hashing every byte on the way (one pass).
+
+    Hashing runs on a worker thread (hashlib releases the GIL) while the caller writes or
+    merges the bytes just read; a buffer is reused only after its hash update finished."""
 
     def __init__(self, header: SafetensorsHeader):
         self.header = header
         self.sha256 = hashlib.sha256()
         self._handle = header.path.open("rb", buffering=0)
         self._position = 0
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+        self._pending: Future | None = None
+        size = min(CHUNK_BYTES, max(header.file_size, 1))
+        self._chunk_buffers = (bytearray(size), bytearray(size))
         self._hash_bytes(header.data_start)
+
+    def _hash_async(self, view: memoryview) -> None:
+        self._wait()
+        self._pending = self._hasher.submit(self.sha256.update, view)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
 
     def _hash_bytes(self, count: int) -> None:
         for chunk in self._chunks(count):
-            self.sha256.update(chunk)
+            self._hash_async(chunk)
 
     def _chunks(self, count: int) -> Iterator[memoryview]:
-        buffer = bytearray(min(CHUNK_BYTES, max(count, 1)))
-        view = memoryview(buffer)
+        """Chunks of the next `count` bytes, alternating between two buffers."""
+        turn = 0
         while count > 0:
-            got = self._handle.readinto(view[: min(len(buffer), count)])
+            # Callers hash each chunk before asking for the next, and a new hash update waits
+            # for the previous one: the buffer filled here (two chunks back) is free.
+            buffer = memoryview(self._chunk_buffers[turn % 2])
+            turn += 1
+            got = self._read_into(buffer[: min(len(buffer), count)])
+            count -= got
+            yield buffer[:got]
+
+    def _read_into(self, view: memoryview) -> int:
+        done = 0
+        while done < len(view):
+            got = self._handle.readinto(view[done:])
             if not got:
                 raise UserError(f"{self.header.path}: file ended early (truncated while reading)")
-            self._position += got
-            count -= got
-            yield view[:got]
+            done += got
+        self._position += done
+        return done
 
     def _seek_to(self, entry: TensorEntry) -> None:
         target = self.header.data_start + entry.begin
@@ -157,37 +187,43 @@ class HashedReader:
     def copy_to(self, entry: TensorEntry, sink) -> None:
         """Stream one tensor's bytes into `sink.write` without decoding them."""
         self._seek_to(entry)
+        self._wait()  # the chunk buffers are free again
         for chunk in self._chunks(entry.nbytes):
-            self.sha256.update(chunk)
+            self._hash_async(chunk)
             sink.write(chunk)
 
     def read(self, entry: TensorEntry, buffer: bytearray | None = None) -> memoryview:
-        """One tensor's bytes, for decoding; into `buffer` (reused between calls) if given."""
+        """One tensor's bytes, for decoding; into `buffer` (reused between calls) if given.
+
+        The bytes stay valid until the next call on this reader."""
         self._seek_to(entry)
+        self._wait()
         data = buffer if buffer is not None and len(buffer) >= entry.nbytes else bytearray(
             entry.nbytes)
         view = memoryview(data)[: entry.nbytes]
-        done = 0
-        while done < entry.nbytes:
-            got = self._handle.readinto(view[done:])
-            if not got:
-                raise UserError(f"{self.header.path}: file ended early (truncated while reading)")
-            done += got
-        self._position += done
-        self.sha256.update(view)
+        self._read_into(view)
+        self._hash_async(view)
         return view
 
     def skip(self, entry: TensorEntry) -> None:
         self._seek_to(entry)
+        self._wait()
         self._hash_bytes(entry.nbytes)
 
     def finish(self) -> str:
         """Hash whatever is left and return the file's sha256."""
+        self._wait()
         self._hash_bytes(self.header.file_size - self._position)
-        self._handle.close()
+        self._wait()
+        self.close()
         return self.sha256.hexdigest()
 
     def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            with contextlib.suppress(Exception):
+                self._pending.result()
+        self._hasher.shutdown(wait=True)
         self._handle.close()
 
 
@@ -262,7 +298,7 @@ class ShardWriter:
     def __init__(self, path: Path, tensors: list[OutputTensor]):
         self.path = path
         self._pending = list(reversed(tensors))
-        self._handle = path.open("wb", buffering=CHUNK_BYTES)
+        self._handle = path.open("wb", buffering=WRITE_BUFFER_BYTES)
         self.bytes_written = 0
         self.write(encode_header(tensors))
         self._current: OutputTensor | None = None

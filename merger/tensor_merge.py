@@ -93,6 +93,7 @@ def _add_updates(work: torch.Tensor, plan: TensorPlan, settings: CombineSettings
 
 
 def _blockable(plan: TensorPlan, settings: CombineSettings, workspace: Workspace) -> bool:
+    """Plain linear LoRA on a CPU: the common case, done without full-size temporaries."""
     return (workspace.device.type == "cpu" and settings.method == "linear" and len(plan.shape) == 2
             and plan.replacement is None and not plan.token_rows and plan.dora is None
             and not plan.bias)
@@ -102,8 +103,14 @@ def _merge_blocked(plan: TensorPlan, base: torch.Tensor, workspace: Workspace,
                    out_dtype: torch.dtype) -> torch.Tensor:
     """W + sum(w_i s_i B_i A_i) a block of rows at a time: widen, add, check, round."""
     rows, cols = plan.shape
-    step = max(1, BLOCK_BYTES // (4 * max(cols, 1)))
     out = workspace.tensor(plan.shape, out_dtype, "out")
+    if out_dtype == torch.float32:  # nothing to round: update the output buffer in place
+        out.copy_(base)
+        for contribution in plan.low_rank:
+            add_low_rank(out, contribution)
+        _check_finite(out, plan, "")
+        return out
+    step = max(1, BLOCK_BYTES // (4 * max(cols, 1)))
     block = workspace.tensor((min(step, rows), cols), torch.float32, "block")
     factors = [(*c.factors(block.device), c.alpha) for c in plan.low_rank]
     for start in range(0, rows, step):
@@ -120,6 +127,11 @@ def _merge_blocked(plan: TensorPlan, base: torch.Tensor, workspace: Workspace,
 
 
 def _check_finite(tensor: torch.Tensor, plan: TensorPlan, when: str) -> None:
+    # A NaN or Inf anywhere makes the sum non-finite; a reduction is much cheaper than an
+    # elementwise isfinite. A finite tensor whose sum overflows gets the exact test.
+    total = tensor.sum(dtype=torch.float32) if tensor.is_floating_point() else tensor.sum()
+    if bool(torch.isfinite(total)):
+        return
     if not bool(torch.isfinite(tensor).all()):
         adapters = ", ".join(plan.adapters()) or "no adapter"
         raise UserError(f"{plan.name}: merged values are not finite (NaN or Inf){when}; "
