@@ -36,7 +36,13 @@ from lorafuse.merger.shards import (
     shard_file_names,
     tensor_from_bytes,
 )
-from lorafuse.merger.tensor_merge import CombineSettings, Workspace, merge_tensor, torch_threads
+from lorafuse.merger.tensor_merge import (
+    CombineSettings,
+    Workspace,
+    merge_tensor,
+    reserve_for,
+    torch_threads,
+)
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +210,8 @@ def _stream(base: BaseCheckpoint, layout: MergeLayout, staging: Path, workspace:
         current.append(ShardWriter(staging / name, tensors, workspace.io))
         return current[0]
 
+    reserve_for(workspace, [(entry, layout.by_source[entry.name]) for header in base.headers
+                            for entry in header.tensors.values()], checked.settings)
     total = sum(h.file_size for h in base.headers)
     try:
         with Progress(total, "merging") as progress:

@@ -29,15 +29,27 @@ class CombineSettings:
 
 @dataclass
 class Workspace:
-    """Buffers reused from tensor to tensor (fresh large allocations cost page faults), the
-    I/O thread that writes them, and the threads that compute row blocks."""
+    """Byte buffers reused from tensor to tensor, sized once for the largest tensor (fresh
+    large allocations cost page faults and fragment the heap), the I/O lanes that write
+    them, and the threads that compute row blocks."""
 
     device: torch.device
     io: OrderedIO
     pool: RowPool
-    _buffers: dict[tuple[torch.dtype, str], torch.Tensor] = field(default_factory=dict)
+    _buffers: dict[str, torch.Tensor] = field(default_factory=dict)
     _read_buffer: bytearray = field(default_factory=bytearray)
     _out_turn: int = 0
+
+    def reserve(self, role: str, nbytes: int, device: torch.device | None = None) -> None:
+        device = device or self.device
+        key = f"{role}:{device}"
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.numel() < nbytes:
+            self._buffers[key] = torch.empty(max(nbytes, 8), dtype=torch.uint8, device=device)
+
+    def reserve_read(self, nbytes: int) -> None:
+        if len(self._read_buffer) < nbytes:
+            self._read_buffer = bytearray(nbytes)
 
     def tensor(self, shape: tuple[int, ...], dtype: torch.dtype, role: str,
                device: torch.device | None = None) -> torch.Tensor:
@@ -47,26 +59,22 @@ class Workspace:
         numel = 1
         for dim in shape:
             numel *= dim
-        key = (dtype, f"{role}:{device}")
-        buffer = self._buffers.get(key)
-        if buffer is None or buffer.numel() < numel:
-            buffer = torch.empty(max(numel, 1), dtype=dtype, device=device)
-            self._buffers[key] = buffer
-        return buffer[:numel].view(shape), buffer
+        nbytes = numel * dtype.itemsize
+        self.reserve(role, nbytes, device)
+        buffer = self._buffers[f"{role}:{device}"]
+        return buffer[:nbytes].view(dtype).view(shape), buffer
 
     def out_tensor(self, shape: tuple[int, ...], dtype: torch.dtype
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """A CPU output buffer and its fence; two alternate, so one is written out while the
         next tensor is computed into the other."""
         self._out_turn += 1
-        view, buffer = self._buffer(shape, dtype, f"out{self._out_turn % 2}",
-                                    torch.device("cpu"))
-        self.io.wait(buffer)
-        return view, buffer
+        role = f"out{self._out_turn % 2}"
+        self.io.wait(self._buffers.get(f"{role}:cpu"))
+        return self._buffer(shape, dtype, role, torch.device("cpu"))
 
     def read_buffer(self, nbytes: int) -> bytearray:
-        if len(self._read_buffer) < nbytes:
-            self._read_buffer = bytearray(nbytes)
+        self.reserve_read(nbytes)
         return self._read_buffer
 
 
@@ -125,10 +133,40 @@ def _add_updates(work: torch.Tensor, plan: TensorPlan, settings: CombineSettings
 
 
 def _blockable(plan: TensorPlan, settings: CombineSettings, workspace: Workspace) -> bool:
+    return blockable(plan, settings, workspace.device)
+
+
+def blockable(plan: TensorPlan, settings: CombineSettings, device: torch.device) -> bool:
     """Plain linear LoRA on a CPU: the common case, done without full-size temporaries."""
-    return (workspace.device.type == "cpu" and settings.method == "linear" and len(plan.shape) == 2
+    return (device.type == "cpu" and settings.method == "linear" and len(plan.shape) == 2
             and plan.replacement is None and not plan.token_rows and plan.dora is None
             and not plan.bias)
+
+
+def reserve_for(workspace: Workspace, plans_by_entry, settings: CombineSettings) -> None:
+    """Allocate every buffer at its final size before streaming starts."""
+    read = out = work = 0
+    block = BLOCK_BYTES
+    for entry, plans in plans_by_entry:
+        if len(plans) == 1 and not plans[0].changed and plans[0].dtype == entry.dtype:
+            continue  # copied as raw bytes
+        read = max(read, entry.nbytes)
+        for plan in plans:
+            numel = 1
+            for dim in plan.shape:
+                numel *= dim
+            out = max(out, numel * DTYPES[plan.dtype].itemsize)
+            if plan.changed and not blockable(plan, settings, workspace.device):
+                work = max(work, numel * 4)
+            elif len(plan.shape) == 2:
+                block = max(block, plan.shape[1] * 4)
+    workspace.reserve_read(read)
+    for role in ("out0", "out1"):
+        workspace.reserve(role, out, torch.device("cpu"))
+    if work:
+        workspace.reserve("work", work)
+    for worker in range(workspace.pool.workers):
+        workspace.reserve(f"block{worker}", block)
 
 
 def _merge_blocked(plan: TensorPlan, base: torch.Tensor, workspace: Workspace,
