@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import shutil
@@ -126,6 +127,8 @@ class ControlPlane:
 
     def stop(self) -> None:
         """Stop every component (newest first) and drop etcd's data."""
+        if "client" in self.__dict__:
+            self.client.close()
         for proc in reversed(self.processes):
             proc.stop(grace=10)
         self.processes.clear()
@@ -271,8 +274,13 @@ class ControlPlane:
     # -- clients ---------------------------------------------------------------------
 
     def api_client(self) -> kubernetes.client.ApiClient:
-        """A new client of the official `kubernetes` package, as the admin user."""
+        """A new client of the official `kubernetes` package, as the admin user (close it)."""
         return kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    @functools.cached_property
+    def client(self) -> kubernetes.client.ApiClient:
+        """A shared admin client for the session, closed when the control plane stops."""
+        return self.api_client()
 
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True
@@ -288,16 +296,13 @@ class ControlPlane:
 
     def wait_for_service_account(self, namespace: str, name: str = "default") -> None:
         """Wait until the service account exists and has its token secret."""
-        core = kubernetes.client.CoreV1Api(self.api_client())
+        core = kubernetes.client.CoreV1Api(self.client)
 
         def has_token() -> bool:
             account = core.read_namespaced_service_account(name, namespace)
             return bool(account.secrets)
 
-        try:
-            wait_until(has_token, timeout=60, what=f"service account {namespace}/{name}")
-        finally:
-            core.api_client.close()
+        wait_until(has_token, timeout=60, what=f"service account {namespace}/{name}")
 
     def log_files(self) -> list[Path]:
         return [proc.log for proc in self.processes]
