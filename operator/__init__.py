@@ -1,1 +1,1 @@
-"""The Kubernetes operator: CRD models, reconcile, children rendering; imports merger plan types only."""
+"""The Kubernetes operator: CRD models, reconcile, children; imports only merger plan types."""
