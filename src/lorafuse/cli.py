@@ -12,7 +12,9 @@ from lorafuse.errors import UserError, ValidationFailed
 
 # name -> (module, help). Each module defines `configure(parser)` and `run(args) -> int`.
 # Heavy modules (torch, kubernetes) are imported only for the command that needs them.
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "tune": ("lorafuse.merger.cli_tune", "size vLLM's max_model_len and max_num_seqs for a GPU"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
