@@ -163,17 +163,21 @@ def merge(options: MergeOptions) -> MergeResult:
                                      outputs)
             write_provenance(staging, provenance)
     except OSError as exc:
-        raise _disk_error(exc, out) from exc
+        error = _disk_error(exc, out)
+        if error is None:
+            raise
+        raise error from exc
     total = sum(outputs.values()) + (out / PROVENANCE_NAME).stat().st_size
     log.info("wrote %s (%.1f MB)", out, total / 1e6)
     return MergeResult(out, False, layout.tensors_merged, total, provenance)
 
 
-def _disk_error(exc: OSError, out: Path) -> Exception:
+def _disk_error(exc: OSError, out: Path) -> UserError | None:
+    """Problems of the output location are the user's to fix; others are internal errors."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG):
         return UserError(f"{out.parent}: cannot write the merged model ({exc.strerror}); "
                          "nothing was published")
-    return exc
+    return None
 
 
 def _write_weights(base: BaseCheckpoint, layout: MergeLayout, staging: Path,
