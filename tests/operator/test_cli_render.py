@@ -47,7 +47,8 @@ def test_adapter_manifest_renders_no_merge(tmp_path, capsys):
     assert "--enable-lora" in docs[1]["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
-def _run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+def _run_cli(*args: str, stdin: str = "", cwd: str = "/") -> subprocess.CompletedProcess:
+    # Not from the repository root: its operator/ folder would shadow the stdlib module.
     return subprocess.run(
         [sys.executable, "-c", "from lorafuse.cli import main; raise SystemExit(main())", *args],
         input=stdin,
