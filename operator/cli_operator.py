@@ -76,8 +76,10 @@ def run(args: argparse.Namespace) -> int:
     settings = kopf.OperatorSettings()
     configure_settings(settings, priority, clusterwide)
 
-    # kopf's own connection uses the same credentials, found the same way.
-    kopf.on.login(registry=registry)(kopf.login_via_client)
+    @kopf.on.login(registry=registry)
+    def login(**_: object) -> kopf.ConnectionInfo:
+        # kopf's own connection (watches, peering) uses the same credentials as ours.
+        return _connection_info(kopf, configuration)
 
     if not args.standalone:
         ensure_peering(kube, namespaces, clusterwide)
@@ -108,7 +110,6 @@ def _load_config(config, kubeconfig: str | None):
 
     configuration = client.Configuration()
     if kubeconfig:
-        os.environ["KUBECONFIG"] = kubeconfig  # for kopf's login too
         config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
         return configuration
     try:
@@ -119,3 +120,22 @@ def _load_config(config, kubeconfig: str | None):
         except (config.ConfigException, FileNotFoundError) as exc:
             raise UserError(f"no cluster credentials: {exc}") from exc
     return configuration
+
+
+def _connection_info(kopf, configuration):
+    """The client's configuration as kopf's credentials (as kopf.login_via_client reads it)."""
+    header = configuration.get_api_key_with_prefix(
+        "BearerToken"
+    ) or configuration.get_api_key_with_prefix("authorization")
+    scheme, _, token = (header or "").rpartition(" ")
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        username=configuration.username or None,
+        password=configuration.password or None,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )
