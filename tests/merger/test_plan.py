@@ -1,9 +1,8 @@
 """MergePlan: validation of sources and names, and content-addressed artifact naming."""
 
 import pytest
-from pydantic import ValidationError
-
 from lorafuse.merger.plan import MergePlan
+from pydantic import ValidationError
 
 
 def make_plan(**overrides) -> MergePlan:

@@ -4,9 +4,8 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from lorafuse.merger.tiny import build_adapter, build_tiny_model
+from safetensors.torch import load_file
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "phi3"])
