@@ -1,8 +1,9 @@
 """MergePlan: validation of sources and names, and content-addressed artifact naming."""
 
 import pytest
-from lorafuse.merger.plan import MergePlan
 from pydantic import ValidationError
+
+from lorafuse.merger.plan import MergePlan
 
 
 def make_plan(**overrides) -> MergePlan:
@@ -38,11 +39,7 @@ def test_artifact_root_does_not_change_the_name():
         {"dtype": "float16"},
         {"seed": 7},
         {"adapters": [{"name": "support-v3", "source": "pvc://adapters/support-v4"}]},
-        {
-            "adapters": [
-                {"name": "support-v3", "source": "pvc://adapters/support-v3", "weight": 0.5}
-            ]
-        },
+        {"adapters": [{"name": "support-v3", "source": "pvc://adapters/support-v3", "weight": 0.5}]},
     ],
 )
 def test_any_content_change_gives_a_new_artifact_name(change):

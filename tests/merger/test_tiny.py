@@ -4,8 +4,9 @@ import json
 
 import pytest
 import torch
-from lorafuse.merger.tiny import build_adapter, build_tiny_model
 from safetensors.torch import load_file
+
+from lorafuse.merger.tiny import build_adapter, build_tiny_model
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "phi3"])
