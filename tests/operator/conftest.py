@@ -47,7 +47,8 @@ def tiny_sources(tmp_path_factory):
     from lorafuse.merger.tiny import build_adapter, build_tiny_model
 
     root = tmp_path_factory.mktemp("model-volume")
-    base = build_tiny_model(root / "base", arch="llama")
+    # head_dim 32: vLLM's CPU attention has no kernel for the default 16
+    base = build_tiny_model(root / "base", arch="llama", head_dim=32)
     build_adapter(base, root / "adapters" / "support", seed=1)
     return root
 
