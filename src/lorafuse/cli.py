@@ -12,7 +12,10 @@ from lorafuse.errors import UserError, ValidationFailed
 
 # name -> (module, help). Each module defines `configure(parser)` and `run(args) -> int`.
 # Heavy modules (torch, kubernetes) are imported only for the command that needs them.
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "merge": ("lorafuse.merger.cli_merge", "merge LoRA adapters into their base model"),
+    "demo": ("lorafuse.merger.cli_demo", "build a tiny model and adapter, merge, compare"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
