@@ -15,6 +15,7 @@ from lorafuse.errors import UserError, ValidationFailed
 COMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("lorafuse.merger.cli_merge", "merge LoRA adapters into their base model"),
     "demo": ("lorafuse.merger.cli_demo", "build a tiny model and adapter, merge, compare"),
+    "tune": ("lorafuse.merger.cli_tune", "size vLLM's max_model_len and max_num_seqs for a GPU"),
 }
 
 
