@@ -1,4 +1,4 @@
-"""Line-by-line reading of the JSONL inputs (eval and calibration sets), with line-numbered errors."""
+"""Reading the JSONL inputs (eval and calibration sets), with errors that name the line."""
 
 from __future__ import annotations
 

@@ -89,7 +89,7 @@ def _download(source: str, cache_dir: Path | None) -> ResolvedSource:
     except RevisionNotFoundError:
         raise UserError(f"{source}: revision {revision!r} not found on the Hub") from None
     except GatedRepoError:
-        raise UserError(f"{source}: gated repository; set HF_TOKEN to a token with access") from None
+        raise UserError(f"{source}: gated repository; HF_TOKEN must grant access") from None
     except RepositoryNotFoundError:
         raise UserError(f"{source}: repository not found (or private without HF_TOKEN)") from None
     except LocalEntryNotFoundError:
