@@ -139,8 +139,9 @@ class _Compressor:
 
 
 def _import_llmcompressor() -> _Compressor:
-    # llm-compressor logs to stdout through loguru; keep stdout for results.
-    os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
+    # llm-compressor logs to stdout through loguru, from import on; keep stdout for results
+    # (its sink is replaced by one on stderr below).
+    os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")
     try:
         import llmcompressor
         from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme

@@ -104,9 +104,11 @@ def _run_steps(plan, work, say) -> dict:
     say(f"artifact: {result['artifact']['path']}")
     say(f"digest:   {result['artifact']['digest']} ({result['artifact']['bytes']} bytes)")
     if check:
+        score = ("no eval set" if check["score_candidate"] is None else
+                 f"task score {check['score_candidate']:.3f} "
+                 f"(reference {check['score_reference']:.3f})")
         say(f"validation: token agreement {check['token_agreement']:.3f}, "
-            f"mean KL {check['mean_kl']:.2e}, score {check['score_candidate']} "
-            f"(reference {check['score_reference']})")
+            f"mean KL {check['mean_kl']:.2e}, {score}")
     return result
 
 
