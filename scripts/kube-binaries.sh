@@ -51,6 +51,9 @@ if has_all "$DEST"; then
     echo "$DEST"
     exit 0
 fi
+# Built binaries cached, only the etcd/kubectl links are broken: no rebuild needed.
+KUBE_BUILT=0
+[[ -x "$DEST/kube-apiserver" && -x "$DEST/kube-controller-manager" ]] && KUBE_BUILT=1
 
 # Run a privileged command: directly as root, else through passwordless sudo.
 as_root() {
@@ -79,7 +82,7 @@ if has_all "$DEST"; then
 fi
 
 SRC_LIST=/etc/apt/sources.list.d/lorafuse-bookworm-src.sources
-if ! grep -rqsE '^(Types:.*deb-src|deb-src )' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+if [[ $KUBE_BUILT -eq 0 ]] && ! grep -rqsE '^(Types:.*deb-src|deb-src )' /etc/apt/sources.list /etc/apt/sources.list.d/; then
     say "adding a deb-src entry for bookworm main ($SRC_LIST)"
     as_root tee "$SRC_LIST" >/dev/null <<'EOF'
 Types: deb-src
@@ -91,9 +94,15 @@ EOF
 fi
 
 say "apt-get update"
-as_root apt-get update -q >&2 || die "apt-get update failed: is the Debian archive reachable?"
+as_root apt-get update -q -o APT::Update::Error-Mode=any >&2 \
+    || die "apt-get update failed: is the Debian archive reachable?"
 
-PACKAGES=(golang-go etcd-server rsync golang-github-modern-go-reflect2-dev make)
+PACKAGES=(etcd-server)
+if [[ $KUBE_BUILT -eq 0 ]]; then
+    PACKAGES+=(golang-go rsync golang-github-modern-go-reflect2-dev make)
+fi
+# Any recent kubectl will do; Debian's kubernetes-client (1.20) when none is installed.
+command -v kubectl >/dev/null || PACKAGES+=(kubernetes-client)
 say "installing ${PACKAGES[*]}"
 as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     "${PACKAGES[@]}" >&2 || die "apt-get install ${PACKAGES[*]} failed"
@@ -101,6 +110,23 @@ as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-re
 # etcd-server's unit may start a system etcd on 2379; the harness runs its own.
 if command -v systemctl >/dev/null && systemctl is-active -q etcd 2>/dev/null; then
     say "note: a system etcd is running; the harness uses its own ports"
+fi
+
+link_tools() {
+    local etcd kubectl
+    etcd=$(command -v etcd || true)
+    [[ -n "$etcd" ]] || die "etcd not found after installing etcd-server"
+    kubectl=$(command -v kubectl || true)
+    [[ -n "$kubectl" ]] || die "kubectl not found after installing kubernetes-client"
+    ln -sfn "$etcd" "$1/etcd"
+    ln -sfn "$kubectl" "$1/kubectl"
+}
+
+if [[ $KUBE_BUILT -eq 1 ]]; then
+    link_tools "$DEST"
+    say "relinked etcd and kubectl in $DEST"
+    echo "$DEST"
+    exit 0
 fi
 
 BUILD="$CACHE_ROOT/kube-$KUBE_VERSION.build"
@@ -154,17 +180,11 @@ GOPATH="$PWD/.go" GOCACHE="$BUILD/go-cache" CGO_ENABLED=0 KUBE_GIT_VERSION_FILE=
 OUT_BIN=$(dirname "$(find _output -type f -name kube-apiserver -perm -u+x | head -n1)")
 [[ -x "$OUT_BIN/kube-controller-manager" ]] || die "build finished without kube-controller-manager"
 
-ETCD=$(command -v etcd || true)
-[[ -n "$ETCD" ]] || die "etcd not found after installing etcd-server"
-KUBECTL=$(command -v kubectl || true)
-[[ -n "$KUBECTL" ]] || die "kubectl not found on PATH: install a kubectl (any recent client)"
-
 STAGE="$DEST.tmp"
 rm -rf "$STAGE"
 mkdir -p "$STAGE"
 cp "$OUT_BIN/kube-apiserver" "$OUT_BIN/kube-controller-manager" "$STAGE/"
-ln -s "$ETCD" "$STAGE/etcd"
-ln -s "$KUBECTL" "$STAGE/kubectl"
+link_tools "$STAGE"
 rm -rf "$DEST"
 mv "$STAGE" "$DEST"
 cd /

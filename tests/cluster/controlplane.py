@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import secrets
@@ -28,6 +27,7 @@ BINARIES_SCRIPT = REPO_ROOT / "scripts" / "kube-binaries.sh"
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 ADMIN_USER = "lorafuse-admin"
+ETCD_DIR_PREFIX = "lorafuse-etcd-"
 
 # The controllers a kubelet-less test cluster needs; nodelifecycle is left out on
 # purpose (it would taint and evict pods of a node that sends no heartbeats).
@@ -73,9 +73,7 @@ def find_binaries() -> Path:
     return Path(lines[-1])
 
 
-def wait_until(
-    check: Callable[[], T], timeout: float, what: str, interval: float = 0.2
-) -> T:
+def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
     """Call `check` until it returns something truthy; fail with `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
@@ -161,10 +159,7 @@ class ControlPlane:
 
     def _start_etcd(self) -> None:
         client, peer = free_port(), free_port()
-        # Memory-backed storage: etcd fsyncs every write and the data is thrown away anyway.
-        shm = Path("/dev/shm")
-        base = shm if shm.is_dir() and os.access(shm, os.W_OK) else self.workdir
-        self._etcd_data = Path(tempfile.mkdtemp(prefix="lorafuse-etcd-", dir=base))
+        self._etcd_data = _etcd_data_dir(self.workdir)
         url = f"http://127.0.0.1:{client}"
         peer_url = f"http://127.0.0.1:{peer}"
         self.etcd_url = url
@@ -246,8 +241,6 @@ class ControlPlane:
         argv = [
             self._binary("kube-controller-manager"),
             f"--kubeconfig={self.kubeconfig}",
-            f"--authentication-kubeconfig={self.kubeconfig}",
-            f"--authorization-kubeconfig={self.kubeconfig}",
             "--bind-address=127.0.0.1",
             f"--secure-port={port}",
             "--port=0",
@@ -308,13 +301,37 @@ class ControlPlane:
         return [proc.log for proc in self.processes]
 
 
-def _http_ok(
-    url: str, context: ssl.SSLContext | None = None, token: str | None = None
-) -> bool:
+def _etcd_data_dir(fallback: Path) -> Path:
+    """A fresh etcd data dir in memory (etcd fsyncs every write; the data is thrown away).
+
+    Named after this process, so dirs left by a killed session can be recognised and removed.
+    """
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        return Path(tempfile.mkdtemp(prefix="etcd-", dir=fallback))
+    for stale in shm.glob(f"{ETCD_DIR_PREFIX}*"):
+        pid = stale.name[len(ETCD_DIR_PREFIX) :].split("-")[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{ETCD_DIR_PREFIX}{os.getpid()}-", dir=shm))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _http_ok(url: str, context: ssl.SSLContext | None = None, token: str | None = None) -> bool:
     request = urllib.request.Request(url)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
-    with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+    try:
         with urllib.request.urlopen(request, timeout=2, context=context) as response:
             return response.status == 200
-    return False
+    except (urllib.error.URLError, OSError):
+        return False

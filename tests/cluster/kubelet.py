@@ -17,8 +17,8 @@ from kubernetes.utils import parse_quantity
 
 from .images import ImageTable
 from .nodeapi import NodeApi
-from .podspec import pod_requests
 from .pods import NodeServices, PodRunner, RunnerIndex
+from .podspec import pod_requests
 from .processes import Spawner
 from .volumes import MountPoints, claim_path
 
@@ -141,6 +141,7 @@ class Node:
             runner.terminate(grace)
         for runner in runners:
             runner.wait_finished(grace + 30)
+        self.api.stop_watch()
         for thread in self._threads:
             thread.join(WATCH_SECONDS + 15)
         self.spawner.close()
@@ -252,7 +253,8 @@ class Node:
             return [
                 p
                 for p in self._pods.values()
-                if p["metadata"]["namespace"] == namespace and p["spec"].get("nodeName") == self.name
+                if p["metadata"]["namespace"] == namespace
+                and p["spec"].get("nodeName") == self.name
             ]
 
     # -- access for tests ------------------------------------------------------------
@@ -447,10 +449,13 @@ class Node:
             name
             for name, value in sorted(wanted.items())
             if value > 0
-            and used.get(name, Decimal(0)) + value > Decimal(parse_quantity(capacity.get(name, "0")))
+            and used.get(name, Decimal(0)) + value
+            > Decimal(parse_quantity(capacity.get(name, "0")))
         ]
         if short:
-            return "0/1 nodes are available: " + ", ".join(f"1 Insufficient {n}" for n in short) + "."
+            return (
+                "0/1 nodes are available: " + ", ".join(f"1 Insufficient {n}" for n in short) + "."
+            )
         return ""
 
     def _report_unschedulable(self, pod: dict, message: str) -> None:
@@ -472,4 +477,6 @@ class Node:
             self._unschedulable[meta["uid"]] = message
         except ApiException as exc:
             if exc.status != 404:
-                log.warning("reporting %s/%s unschedulable: %s", meta["namespace"], meta["name"], exc)
+                log.warning(
+                    "reporting %s/%s unschedulable: %s", meta["namespace"], meta["name"], exc
+                )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 
@@ -43,6 +44,7 @@ class NodeApi:
     def watch_pods(self, resource_version: str, timeout: int) -> Iterator[dict]:
         """Pod events ({"type", "object"}) from `resource_version` for up to `timeout` s."""
         watch = kubernetes.watch.Watch()
+        self._watch = watch
         yield from watch.stream(
             self.core.list_pod_for_all_namespaces,
             resource_version=resource_version,
@@ -51,6 +53,17 @@ class NodeApi:
             _request_timeout=timeout + 10,
             deserialize=False,
         )
+
+    def stop_watch(self) -> None:
+        """End a running watch_pods stream now (from another thread)."""
+        watch = getattr(self, "_watch", None)
+        if watch is None:
+            return
+        watch.stop()
+        response = getattr(watch, "_resp", None)  # the stream blocks reading it
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.shutdown()
 
     def patch_pod_status(self, namespace: str, name: str, status: dict) -> None:
         self.core.patch_namespaced_pod_status(

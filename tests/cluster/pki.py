@@ -1,4 +1,4 @@
-"""Certificates and keys for the test control plane: a CA, the apiserver's serving cert, the SA key."""
+"""Keys and certificates of the test control plane: CA, apiserver serving cert, SA key."""
 
 from __future__ import annotations
 

@@ -312,9 +312,7 @@ class PodRunner:
         """Resolve env and image; a Launch, a StartError state, or None if the pod stops."""
         while not self.stopping.is_set():
             try:
-                env = container_env(
-                    self.pod, record.spec, self._base_env(), self.services.api.get
-                )
+                env = container_env(self.pod, record.spec, self._base_env(), self.services.api.get)
                 handler_ctx = ContainerContext(
                     pod=self.pod,
                     container=record.spec,
@@ -476,9 +474,7 @@ class PodRunner:
 
     def _kill_all(self, grace: float) -> None:
         processes = [r.process for r in self.init_containers + self.containers if r.process]
-        threads = [
-            threading.Thread(target=p.stop, args=(grace,), daemon=True) for p in processes
-        ]
+        threads = [threading.Thread(target=p.stop, args=(grace,), daemon=True) for p in processes]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -19,7 +19,7 @@ class ContainerConfigError(Exception):
 
 
 def expand(text: str, variables: Mapping[str, str]) -> str:
-    """Kubernetes' $(VAR) expansion: `$$` escapes, unknown or unclosed references stay as written."""
+    """Kubernetes' $(VAR) expansion: `$$` escapes; unknown or unclosed references stay as is."""
     out: list[str] = []
     i = 0
     while i < len(text):
@@ -52,7 +52,7 @@ _LABEL_REF = re.compile(r"^metadata\.(labels|annotations)\['(.+)'\]$")
 
 def field_value(pod: dict, field_path: str) -> str:
     """Value of a downward-API fieldRef (the paths Kubernetes 1.20 accepts)."""
-    meta, spec, status = pod["metadata"], pod["spec"], pod.get("status", {})
+    meta, spec = pod["metadata"], pod["spec"]
     simple = {
         "metadata.name": meta.get("name", ""),
         "metadata.namespace": meta.get("namespace", ""),
@@ -91,9 +91,7 @@ def _data_value(obj: dict, kind: str, key: str) -> str | None:
     return (obj.get("data") or {}).get(key)
 
 
-def _key_ref(
-    pod: dict, kind: str, ref: dict, get: ObjectGetter
-) -> str | None:
+def _key_ref(pod: dict, kind: str, ref: dict, get: ObjectGetter) -> str | None:
     namespace = pod["metadata"]["namespace"]
     obj = get(kind, namespace, ref["name"])
     optional = bool(ref.get("optional"))
@@ -108,9 +106,13 @@ def _key_ref(
 
 
 def _env_from(pod: dict, source: dict, get: ObjectGetter) -> dict[str, str]:
-    kind, ref = ("secret", source["secretRef"]) if "secretRef" in source else (
-        "configmap",
-        source["configMapRef"],
+    kind, ref = (
+        ("secret", source["secretRef"])
+        if "secretRef" in source
+        else (
+            "configmap",
+            source["configMapRef"],
+        )
     )
     obj = get(kind, pod["metadata"]["namespace"], ref["name"])
     if obj is None:
@@ -140,7 +142,9 @@ def container_env(
             env[name] = resource_value(container, source["resourceFieldRef"])
         elif "secretKeyRef" in source or "configMapKeyRef" in source:
             kind = "secret" if "secretKeyRef" in source else "configmap"
-            value = _key_ref(pod, kind, source.get("secretKeyRef") or source["configMapKeyRef"], get)
+            value = _key_ref(
+                pod, kind, source.get("secretKeyRef") or source["configMapKeyRef"], get
+            )
             if value is not None:
                 env[name] = value
     return env
@@ -148,6 +152,7 @@ def container_env(
 
 def pod_requests(pod: dict) -> dict[str, Decimal]:
     """Effective resource requests: max(sum of containers, largest init container), as scheduled."""
+
     def requests_of(container: dict) -> dict[str, Decimal]:
         resources = container.get("resources") or {}
         # A limit without a request counts as the request (the API server defaults it too).

@@ -51,12 +51,10 @@ class ManagedProcess:
             os.killpg(self.popen.pid, sig)
 
     def stop(self, grace: float = 10.0) -> int:
-        """SIGTERM the whole process group, SIGKILL it after `grace` seconds; return the exit code."""
+        """TERM the whole process group, KILL it after `grace` seconds; return the exit code."""
         self.signal_group(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
         # The group may hold children that ignored TERM even when the leader is gone.
         self.signal_group(signal.SIGKILL)
         return self.popen.wait()

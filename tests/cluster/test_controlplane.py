@@ -54,7 +54,9 @@ def widgets(control_plane):
 
     def established():
         crd = ext.read_custom_resource_definition(WIDGET_CRD["metadata"]["name"])
-        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+        return any(
+            c.type == "Established" and c.status == "True" for c in crd.status.conditions or []
+        )
 
     wait_until(established, timeout=30, what="the Widget CRD to be established")
     # Discovery of the new group can lag a moment behind the Established condition.
@@ -87,7 +89,12 @@ def test_crd_schema_rejects_invalid_object(widgets, namespace):
 def test_crd_status_is_written_only_through_status_subresource(widgets, namespace):
     widgets.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, widget("w", 2))
     widgets.patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, "w", {"status": {"phase": "Ignored"}, "spec": {"size": 3}}
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        "w",
+        {"status": {"phase": "Ignored"}, "spec": {"size": 3}},
     )
     widgets.patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, PLURAL, "w", {"status": {"phase": "Ready"}, "spec": {"size": 9}}
@@ -116,5 +123,21 @@ def test_deleting_owner_removes_its_dependents(control_plane, namespace):
     def dependent_gone():
         names = {cm.metadata.name for cm in core.list_namespaced_config_map(namespace).items}
         return "dependent" not in names and names
+
     remaining = wait_until(dependent_gone, timeout=60, what="the garbage collector")
     assert "bystander" in remaining
+
+
+def test_rbac_denies_a_service_account_without_roles(control_plane, namespace):
+    account = f"system:serviceaccount:{namespace}:default"
+    allowed = control_plane.kubectl(
+        "auth", "can-i", "create", "pods", "-n", namespace, f"--as={account}", check=False
+    )
+    assert allowed.stdout.strip() == "no"
+
+
+def test_stand_in_node_is_registered_ready(control_plane, node):
+    ready = control_plane.kubectl(
+        "get", "node", node.name, "-o", 'jsonpath={.status.conditions[?(@.type=="Ready")].status}'
+    )
+    assert ready.stdout == "True"

@@ -21,8 +21,12 @@ def core(control_plane):
 
 
 def test_env_from_secret_and_configmap_expands_in_args(core, namespace, node):
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "creds"}, "stringData": {"token": "s3cret"}})
-    core.create_namespaced_config_map(namespace, {"metadata": {"name": "cfg"}, "data": {"mode": "fast"}})
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "creds"}, "stringData": {"token": "s3cret"}}
+    )
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "cfg"}, "data": {"mode": "fast"}}
+    )
     env = [
         {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
         {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "mode"}}},
@@ -38,8 +42,12 @@ def test_env_from_secret_and_configmap_expands_in_args(core, namespace, node):
 def test_init_containers_run_in_order_before_the_container(core, namespace, node):
     def step(name: str) -> dict:
         script = f"open('/work/steps', 'a').write('{name} ')"
-        return {"name": name, "image": "python:3.11-slim", "command": ["python", "-c", script],
-                "volumeMounts": [{"name": "work", "mountPath": "/work"}]}
+        return {
+            "name": name,
+            "image": "python:3.11-slim",
+            "command": ["python", "-c", script],
+            "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+        }
 
     main = "open('/dev/termination-log', 'w').write(open('/work/steps').read())"
     manifest = python_pod(
@@ -60,28 +68,47 @@ def test_init_containers_run_in_order_before_the_container(core, namespace, node
 
 
 def test_pod_is_ready_only_once_its_readiness_probe_passes(core, namespace, node):
-    core.create_namespaced_persistent_volume_claim(namespace, {
-        "metadata": {"name": "site"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}},
-    })
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "metadata": {"name": "site"},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Mi"}},
+            },
+        },
+    )
     node.images.register(
         "harness/static:*",
-        lambda ctx: ["python", "-m", "http.server", str(ctx.port(80)), "--bind", "127.0.0.1",
-                     "--directory", "/srv"],
+        lambda ctx: [
+            "python",
+            "-m",
+            "http.server",
+            str(ctx.port(80)),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            "/srv",
+        ],
     )
     manifest = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "static"},
         "spec": {
-            "containers": [{
-                "name": "web",
-                "image": "harness/static:1",
-                "ports": [{"containerPort": 80}],
-                "readinessProbe": {"httpGet": {"path": "/healthy", "port": 80}, "periodSeconds": 1,
-                                   "failureThreshold": 1},
-                "volumeMounts": [{"name": "site", "mountPath": "/srv"}],
-            }],
+            "containers": [
+                {
+                    "name": "web",
+                    "image": "harness/static:1",
+                    "ports": [{"containerPort": 80}],
+                    "readinessProbe": {
+                        "httpGet": {"path": "/healthy", "port": 80},
+                        "periodSeconds": 1,
+                        "failureThreshold": 1,
+                    },
+                    "volumeMounts": [{"name": "site", "mountPath": "/srv"}],
+                }
+            ],
             "volumes": [{"name": "site", "persistentVolumeClaim": {"claimName": "site"}}],
         },
     }
@@ -107,8 +134,12 @@ def test_deleting_a_pod_sends_sigterm_then_removes_it(core, namespace, node):
         "print('up', flush=True)\n"
         "time.sleep(600)\n"
     )
-    core.create_namespaced_pod(namespace, python_pod("sleeper", script, terminationGracePeriodSeconds=20))
-    wait_until(lambda: "up" in node.logs("sleeper", namespace=namespace), timeout=30, what="sleeper up")
+    core.create_namespaced_pod(
+        namespace, python_pod("sleeper", script, terminationGracePeriodSeconds=20)
+    )
+    wait_until(
+        lambda: "up" in node.logs("sleeper", namespace=namespace), timeout=30, what="sleeper up"
+    )
     runner = node.runner("sleeper", namespace)
 
     started = time.monotonic()
@@ -146,7 +177,9 @@ def test_pod_requesting_more_gpus_than_the_node_has_stays_pending(core, namespac
         scheduled = [c for c in pod.status.conditions or [] if c.type == "PodScheduled"]
         return scheduled and scheduled[0].reason == "Unschedulable" and scheduled[0]
 
-    condition = wait_until(unschedulable, timeout=30, what="pod greedy to be reported unschedulable")
+    condition = wait_until(
+        unschedulable, timeout=30, what="pod greedy to be reported unschedulable"
+    )
     assert "Insufficient nvidia.com/gpu" in condition.message
     assert core.read_namespaced_pod("greedy", namespace).spec.node_name is None
 
@@ -157,3 +190,16 @@ def test_pod_requesting_a_gpu_runs(core, namespace, node):
 
     pod = wait_for_phase(core, namespace, "gpu", "Succeeded", "Failed")
     assert (pod.status.phase, pod.spec.node_name) == ("Succeeded", node.name)
+
+
+def test_pod_reaches_the_api_server_with_its_service_account(core, namespace, node):
+    script = (
+        "import kubernetes\n"
+        "kubernetes.config.load_incluster_config()\n"
+        "version = kubernetes.client.VersionApi().get_code().git_version\n"
+        "open('/dev/termination-log', 'w').write(version)\n"
+    )
+    core.create_namespaced_pod(namespace, python_pod("incluster", script))
+
+    pod = wait_for_phase(core, namespace, "incluster", "Succeeded", "Failed")
+    assert termination_message(pod) == "v1.20.2"

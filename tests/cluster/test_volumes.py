@@ -34,10 +34,16 @@ def test_configmap_volume_file_is_readable_in_the_pod(core, namespace, node):
 
 
 def test_read_only_pvc_mount_cannot_be_written(core, namespace, node):
-    core.create_namespaced_persistent_volume_claim(namespace, {
-        "metadata": {"name": "models"},
-        "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Mi"}}},
-    })
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "metadata": {"name": "models"},
+            "spec": {
+                "accessModes": ["ReadOnlyMany"],
+                "resources": {"requests": {"storage": "1Mi"}},
+            },
+        },
+    )
     claim = node.claim_dir(namespace, "models")
     (claim / "weights.bin").write_text("w")
     script = (
@@ -82,9 +88,15 @@ def test_pod_waits_for_its_missing_claim(core, namespace, node):
 
     message = wait_until(waiting_reason, timeout=30, what="pod patient to report its volume")
     assert 'persistentvolumeclaim "later" not found' in message
-    core.create_namespaced_persistent_volume_claim(namespace, {
-        "metadata": {"name": "later"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}},
-    })
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "metadata": {"name": "later"},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Mi"}},
+            },
+        },
+    )
     pod = wait_for_phase(core, namespace, "patient", "Succeeded", "Failed")
     assert pod.status.phase == "Succeeded"

@@ -102,7 +102,9 @@ def _projected_files(pod: dict, source: dict, get: ObjectGetter) -> dict[str, tu
     for part in source.get("sources") or []:
         part_source = {"defaultMode": source.get("defaultMode", DEFAULT_FILE_MODE)}
         if "secret" in part:
-            files.update(_referenced_files(namespace, "secret", {**part_source, **part["secret"]}, get))
+            files.update(
+                _referenced_files(namespace, "secret", {**part_source, **part["secret"]}, get)
+            )
         elif "configMap" in part:
             files.update(
                 _referenced_files(namespace, "configmap", {**part_source, **part["configMap"]}, get)
@@ -110,7 +112,9 @@ def _projected_files(pod: dict, source: dict, get: ObjectGetter) -> dict[str, tu
         elif "downwardAPI" in part:
             files.update(_downward_files(pod, {**part_source, **part["downwardAPI"]}))
         else:
-            raise VolumeNotReady(f"projected source {sorted(part)} is not supported by the test node")
+            raise VolumeNotReady(
+                f"projected source {sorted(part)} is not supported by the test node"
+            )
     return files
 
 
