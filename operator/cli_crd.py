@@ -6,6 +6,7 @@ import argparse
 import sys
 
 import yaml
+
 from lorafuse.operator.crd import all_crds
 
 

@@ -8,9 +8,8 @@ import logging
 import os
 import random
 
-from lorafuse.operator import naming
-
 from lorafuse.errors import UserError
+from lorafuse.operator import naming
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +50,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import kopf
     from kubernetes import client, config
+
     from lorafuse.operator.children import Images
     from lorafuse.operator.handlers import Controller, configure_settings, ensure_peering, register
     from lorafuse.operator.kube import Kube

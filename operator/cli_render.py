@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
+
+from lorafuse.errors import UserError
 from lorafuse.operator import children
 from lorafuse.operator.children import Images, Owner, ServingPlan
 from lorafuse.operator.planning import plan_for, plan_hash
 from lorafuse.operator.sizing import Sizing, size_serving
 from lorafuse.operator.spec import ModelDeployment
-from pydantic import ValidationError
-
-from lorafuse.errors import UserError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
+
 from lorafuse.operator import naming
 from lorafuse.operator.crd import PEERING_GROUP
 from lorafuse.operator.reconcile import Reconciler

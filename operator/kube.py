@@ -9,6 +9,7 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
 from lorafuse.operator import naming
 from lorafuse.operator.lifecycle import JobObservation, Rollout
 from lorafuse.operator.spec import GROUP, PLURAL, VERSION

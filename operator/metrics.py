@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 
-from lorafuse.operator.spec import Phase
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from lorafuse.operator.spec import Phase
 
 PHASES: tuple[Phase, ...] = (
     "Pending",

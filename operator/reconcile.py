@@ -8,6 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pydantic import ValidationError
+
+from lorafuse.errors import UserError
 from lorafuse.operator import children, naming
 from lorafuse.operator.children import Images, Owner, ServingPlan
 from lorafuse.operator.kube import Kube
@@ -23,9 +26,6 @@ from lorafuse.operator.spec import (
     Phase,
     ServingStatus,
 )
-from pydantic import ValidationError
-
-from lorafuse.errors import UserError
 
 log = logging.getLogger(__name__)
 

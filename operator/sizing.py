@@ -33,23 +33,21 @@ def size_serving(
         )
     from lorafuse.merger.tuning import ModelShape, TuneRequest, tune
 
-    request = {
-        "gpu": gpu.type,
-        "gpu_memory_gib": gpu.memory_gib,
-        "gpus": gpu.count,
-        "tensor_parallel": serving.tensor_parallel_size,
-        "utilization": serving.gpu_memory_utilization,
-        "kv_cache_dtype": serving.kv_cache_dtype,
-        "target_context": serving.target_context,
-        "target_concurrency": serving.target_concurrency,
-        "max_model_len": explicit_len,
-        "max_num_seqs": explicit_seqs,
-    }
-    if mode == "adapter":
-        request |= {"lora_rank": serving.max_lora_rank, "lora_count": len(spec.adapters)}
-    known = TuneRequest.model_fields
-    result = tune(
-        ModelShape.model_validate(model_shape),
-        TuneRequest(**{k: v for k, v in request.items() if k in known}),
+    adapters = mode == "adapter"
+    request = TuneRequest(
+        gpu=gpu.type,
+        gpu_memory_gib=gpu.memory_gib,
+        gpus=gpu.count,
+        tensor_parallel=serving.tensor_parallel_size,
+        utilization=serving.gpu_memory_utilization,
+        kv_cache_dtype=serving.kv_cache_dtype,
+        target_context=serving.target_context,
+        target_concurrency=serving.target_concurrency,
+        max_model_len=explicit_len,
+        max_num_seqs=explicit_seqs,
+        enforce_eager="--enforce-eager" in serving.extra_args,
+        lora_rank=serving.max_lora_rank if adapters else None,
+        max_loras=len(spec.adapters) if adapters else 1,
     )
+    result = tune(ModelShape.model_validate(model_shape), request)
     return Sizing(result.max_model_len, result.max_num_seqs, result.explanation)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from lorafuse.merger.plan import SOURCE_PATTERN, CombineMethod, OutputDtype, QuantMethod
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+
+from lorafuse.merger.plan import SOURCE_PATTERN, CombineMethod, OutputDtype, QuantMethod
 
 GROUP = "lorafuse.dev"
 VERSION = "v1alpha1"
@@ -110,6 +111,12 @@ class ValidationSpec(_Model):
         default=0.01, ge=0, description="Largest allowed score loss versus base + adapters."
     )
     max_new_tokens: int = Field(default=50, ge=1, le=4096)
+    min_token_agreement: float = Field(
+        default=0.5, ge=0, le=1, description="Below this, the merge is broken whatever the scores."
+    )
+    max_mean_kl: float = Field(
+        default=0.25, ge=0, description="Above this, the merge is broken whatever the scores."
+    )
 
 
 class GpuSpec(_Model):

@@ -16,10 +16,10 @@ from typing import Any
 import kubernetes
 import yaml
 from kubernetes.client.exceptions import ApiException
+
 from lorafuse.operator.crd import all_crds
 from lorafuse.operator.rbac import operator_rules
 from lorafuse.operator.spec import GROUP, PLURAL, VERSION
-
 from tests.cluster.images import ContainerContext, Launch, run_as_given
 
 MERGER_IMAGE = "ghcr.io/lorafuse/merger:test"

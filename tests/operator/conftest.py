@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import pytest
+
 from lorafuse.operator.children import Owner
 from lorafuse.operator.spec import ModelDeploymentSpec
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from lorafuse.operator import children
 from lorafuse.operator.children import Images, ServingPlan
 from lorafuse.operator.planning import plan_for, plan_hash

@@ -9,9 +9,9 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from lorafuse.operator.crd import model_deployment_crd
 
 from lorafuse.cli import main
+from lorafuse.operator.crd import model_deployment_crd
 
 PRESERVE = "x-kubernetes-preserve-unknown-fields"
 

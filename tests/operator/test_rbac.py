@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from lorafuse.operator.kube import APPLIED
 from lorafuse.operator.rbac import operator_rules
 

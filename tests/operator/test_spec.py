@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from lorafuse.operator.spec import ModelDeploymentSpec
 from pydantic import ValidationError
+
+from lorafuse.operator.spec import ModelDeploymentSpec
 
 
 def test_defaults_fill_a_minimal_spec(spec):
