@@ -96,6 +96,13 @@ class Kube:
                         raise
         return deleted
 
+    def delete_job(self, namespace: str, name: str) -> None:
+        try:
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     # --- reads --------------------------------------------------------------------------
 
     def get_model_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:

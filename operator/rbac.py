@@ -16,6 +16,13 @@ NAMESPACED_RULES: list[dict[str, Any]] = [
         "resources": ["modeldeployments/status"],
         "verbs": ["get", "patch"],
     },
+    # Children's owner references block the owner's deletion until they are gone; clusters
+    # with the OwnerReferencesPermissionEnforcement admission plugin require this for that.
+    {
+        "apiGroups": ["lorafuse.dev"],
+        "resources": ["modeldeployments/finalizers"],
+        "verbs": ["update"],
+    },
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": [*READ, "create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": [*READ, "create", "patch", "delete"]},
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": [*READ, "create", "patch"]},

@@ -81,6 +81,11 @@ class Reconciler:
             emit("Normal", "MergeStarted", f"job {job_name} for artifact {plan.artifact_name()}")
             started = MergeStatus(job=job_name, plan_hash=current_plan, state="Running")
             decision = replace(decision, merge=started)
+        elif decision.create_job and job is not None and job.state == "Succeeded":
+            # Its pod (and result) went before we read it: run it again; the steps find
+            # their outputs on the volume and only report them.
+            self.kube.delete_job(owner.namespace, job_name)
+            emit("Warning", "MergeResultLost", f"job {job_name} left no result; running it again")
         self.kube.delete_stale_merges(owner.namespace, owner.name, current_plan)
 
         sizing = None
