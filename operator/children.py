@@ -159,6 +159,7 @@ def _step_container(
         "env": [
             {"name": "HF_HOME", "value": naming.HF_CACHE},
             {"name": "LORAFUSE_PVC_ROOT", "value": naming.SOURCES_MOUNT},
+            *[dict(var) for var in spec.job.env],
         ],
         "resources": dict(spec.job.resources),
         "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -215,6 +215,10 @@ class StorageSpec(_Model):
 class JobSpec(_Model):
     image: str | None = Field(default=None, description="Merger image; the operator's default.")
     resources: dict[str, Any] = Field(default_factory=dict)
+    env: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Extra environment of the steps, e.g. HF_TOKEN from a Secret (valueFrom).",
+    )
     backoff_limit: int = Field(default=1, ge=0, le=20)
     active_deadline_seconds: int = Field(default=7200, ge=60)
     node_selector: dict[str, str] = Field(default_factory=dict)

@@ -60,6 +60,13 @@ def test_job_limits_come_from_the_spec(owner, raw_spec):
     assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "merger:dev"
 
 
+def test_job_steps_get_extra_environment_such_as_a_hub_token(owner, raw_spec):
+    token = {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
+    raw_spec["job"] = {"env": [token]}
+    pod = _job(owner, ModelDeploymentSpec.model_validate(raw_spec))["spec"]["template"]["spec"]
+    assert all(token in c["env"] for c in pod["initContainers"] + pod["containers"])
+
+
 def test_plan_config_map_holds_the_plan_the_job_mounts(owner, spec):
     plan = plan_for(spec)
     config_map = children.plan_config_map(owner, plan, plan_hash(plan))

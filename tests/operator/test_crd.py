@@ -61,6 +61,7 @@ def test_unknown_fields_are_kept_only_where_kubernetes_defines_the_content():
         ".spec.serving.resources",
         ".spec.serving.tolerations[]",
         ".spec.job.resources",
+        ".spec.job.env[]",
         ".spec.job.tolerations[]",
         ".status.provenance",
         ".status.modelShape",
