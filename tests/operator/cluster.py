@@ -145,6 +145,17 @@ class OperatorProcess:
                 argv, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, env=env
             )
 
+    def wait_active(self, timeout: float = 30) -> None:
+        """Until kopf's peering lets this replica work (it starts paused, as a follower)."""
+        wait_for(lambda: "Resuming operations" in self.output(), timeout, "the operator to lead")
+
+    def reconciles(self) -> float:
+        """How many reconciles this replica ran (0 while it followed)."""
+        for line in self.metrics().splitlines():
+            if line.startswith('lorafuse_reconciles_total{result="ok"}'):
+                return float(line.split()[-1])
+        return 0.0
+
     def metrics(self) -> str:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:

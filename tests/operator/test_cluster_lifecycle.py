@@ -63,10 +63,11 @@ def _events(control_plane, namespace: str) -> list[str]:
     return [e.reason for e in items if e.involved_object.kind == "ModelDeployment"]
 
 
-def test_merge_publish_serve_then_switch_modes_and_delete(
+def test_merge_serve_fail_over_switch_modes_and_delete(
     control_plane, namespace, node, mdeps, start_operator
 ):
     operator = start_operator(priority=100)
+    operator.wait_active()
     standby = start_operator(priority=50)  # a second replica: it must wait, not act
     mdeps.create(NAME, tiny_spec())
 
@@ -100,7 +101,11 @@ def test_merge_publish_serve_then_switch_modes_and_delete(
         f'lorafuse_deployment_phase{{name="{NAME}",namespace="{namespace}",phase="Serving"}} 1.0'
         in metrics
     )
-    assert "Pausing operations" in standby.output()
+    assert operator.reconciles() > 0 and standby.reconciles() == 0
+
+    # the leader goes away: the standby takes over and does the rest
+    operator.stop()
+    standby.wait_active()
 
     # merged -> adapter: the old pod serves until the new one is ready
     ready_counts = _watch_ready_replicas(control_plane, namespace)
@@ -123,8 +128,8 @@ def test_merge_publish_serve_then_switch_modes_and_delete(
     # delete -> the garbage collector removes every child
     mdeps.delete(NAME)
     wait_for(lambda: not _children(control_plane, namespace), 60, "children to be deleted")
-    # The rules it runs under were enough: nothing it tried was refused.
-    assert "Forbidden" not in operator.output()
+    # The rules they run under were enough: nothing they tried was refused.
+    assert "Forbidden" not in operator.output() + standby.output()
 
 
 def _children(control_plane, namespace: str) -> list[str]:
