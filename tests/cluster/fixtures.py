@@ -24,9 +24,6 @@ NODE_CAPACITY = {"cpu": "16", "memory": "64Gi", "pods": "110", "nvidia.com/gpu":
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "cluster: runs against the real Kubernetes control plane (tests/cluster)"
-    )
     config.stash[LOG_LOCATIONS] = []
 
 
