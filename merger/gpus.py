@@ -11,7 +11,7 @@ from lorafuse.errors import UserError
 class Gpu:
     name: str
     memory_gib: float  # total device memory as torch.cuda.mem_get_info() reports it
-    nominal_gb: int  # the marketing size, for people reading the table
+    nominal_gb: int  # the size on the box (binary GB), for people reading the table
     vendor: str = "nvidia"
 
     @property
