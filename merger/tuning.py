@@ -402,7 +402,7 @@ def _choose_max_model_len(shape: ModelShape, request: TuneRequest, plan: _GpuPla
     wanted = request.max_num_seqs or request.target_concurrency or 1
     fitting = longest_fitting_len(plan.layout, plan.kv_bytes, wanted, positions)
     if fitting == 0:
-        raise UserError(f"--target-concurrency {wanted}: not even one token each fits")
+        raise UserError(f"{wanted} concurrent requests: the KV cache cannot hold one block each")
     return fitting
 
 

@@ -200,6 +200,24 @@ def test_out_of_range_request_values_name_the_flag():
         make_request(gpu="L4", utilization=1.5)
 
 
+def test_lora_slots_take_their_size_from_the_kv_cache():
+    plain = tune(llama_8b(), make_request(gpu="H100"))
+    lora = tune(llama_8b(), make_request(gpu="H100", lora_rank=16, max_loras=2))
+    h, i, q, kv = 4096, 14336, 32 * 128, 8 * 128
+    # A and B of q, k, v, o, gate, up, down: rank × (inputs + outputs) each, bfloat16
+    in_plus_out = (h + q) + 2 * (h + kv) + (q + h) + 2 * (h + i) + (i + h)
+    slots = 2 * 16 * in_plus_out * 2 * 32
+    assert plain.kv_cache_bytes_per_gpu - lora.kv_cache_bytes_per_gpu == slots
+
+
+def test_explanation_is_one_paragraph_with_the_chosen_numbers():
+    result = tune(llama_8b(), make_request(gpu="H100", target_context=4096))
+    assert "\n" not in result.explanation
+    assert f"max_model_len {result.max_model_len:,}" in result.explanation
+    assert f"max_num_seqs {result.max_num_seqs:,}" in result.explanation
+    assert f"KV cache of {result.kv_cache_tokens:,} tokens" in result.explanation
+
+
 def test_vllm_args_carry_the_chosen_numbers():
     result = tune(llama_8b(), make_request(gpu="L4", gpus=2, kv_cache_dtype="fp8"))
     args = result.vllm_args()
