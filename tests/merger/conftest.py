@@ -173,6 +173,18 @@ def h() -> type[Helpers]:
     return Helpers
 
 
+@pytest.fixture(scope="session")
+def medium_model(model_cache):
+    """A ~150 MB float32 Llama-shaped base with a LoRA on every linear layer (for streaming,
+    memory and kill tests): large next to its largest tensor (~3 MB)."""
+    base = model_cache("base", build_tiny_model, arch="llama", hidden_size=512,
+                       intermediate_size=1408, num_hidden_layers=12, num_attention_heads=8,
+                       num_key_value_heads=8)
+    adapter = model_cache("adapter", _build_adapter_at, base, seed=5, target_modules="all-linear",
+                          r=16)
+    return base, adapter
+
+
 # --- quantize / validate / job / run ------------------------------------------------------
 
 
