@@ -16,10 +16,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lorafuse.merger.demo import build_inputs, compare, format_table
+    from lorafuse.merger.demo import build_inputs, compare, format_table, quiet_libraries
     from lorafuse.merger.engine import MergeOptions, merge
 
     started = time.monotonic()
+    quiet_libraries()
     directory = args.dir.absolute()
     base, adapter = build_inputs(directory)
     result = merge(MergeOptions(base=base, adapters=[adapter], out=directory / "merged"))
@@ -31,5 +32,5 @@ def run(args: argparse.Namespace) -> int:
     same = all(row.same_text for row in rows)
     verdict = "merged model matches adapter-on-base" if same and worst <= MAX_LOGIT_DIFF \
         else "MISMATCH between merged model and adapter-on-base"
-    print(f"\n{verdict} (max |Δlogit| {worst:.2e}; {time.monotonic() - started:.1f} s)")
+    print(f"\n{verdict} (max |dlogit| {worst:.2e}; {time.monotonic() - started:.1f} s)")
     return 0 if same and worst <= MAX_LOGIT_DIFF else 1

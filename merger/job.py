@@ -166,6 +166,8 @@ def _sources(work: Workdir) -> dict:
 
 
 def merge(plan: MergePlan, work: Workdir) -> dict:
+    import torch
+
     from lorafuse.merger.engine import MergeOptions
     from lorafuse.merger.engine import merge as merge_models
 
@@ -183,6 +185,7 @@ def merge(plan: MergePlan, work: Workdir) -> dict:
         seed=plan.seed,
         dtype=plan.dtype,
         adapter_names=[a.name for a in plan.adapters],
+        device="cuda" if torch.cuda.is_available() else "cpu",
         extra_provenance={
             "base": {"source": plan.base, "revision": base.get("commit")},
             "adapters": [{"source": a["source"], "revision": a.get("commit")}

@@ -18,17 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorafuse.merger.vllm_cpu import find_vllm_python
+
 log = logging.getLogger(__name__)
 
-VLLM_PYTHON_ENV = "LORAFUSE_VLLM_PYTHON"
-DEFAULT_VLLM_PYTHON = Path.home() / ".cache/lorafuse/vllm-venv/bin/python"
+__all__ = ["VllmServer", "complete", "find_vllm_python", "start_vllm", "stop", "vllm_args",
+           "wait_ready"]
 
-
-def find_vllm_python() -> Path | None:
-    """$LORAFUSE_VLLM_PYTHON, else the venv scripts/vllm-venv.sh makes; None when neither."""
-    configured = os.environ.get(VLLM_PYTHON_ENV)
-    candidate = Path(configured) if configured else DEFAULT_VLLM_PYTHON
-    return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
+VLLM_PYTHON_ENV = "LORAFUSE_VLLM_PYTHON"  # read by find_vllm_python
 
 
 def vllm_args(

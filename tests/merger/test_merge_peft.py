@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import pytest
+import torch
+
+
+def merge_and_compare(base, adapter, out, h, *extra):
+    assert h.merge_cli(base, [adapter], out, *extra) == 0
+    ours = h.load_output(out)
+    h.assert_close(ours, h.peft_merged(base, adapter))
+    return ours
 
 
 def test_plain_lora_matches_peft_llama(tiny_base, tiny_adapter, tmp_path, h):
     base = tiny_base("llama")
     adapter = tiny_adapter(base, target_modules=["q_proj", "v_proj", "down_proj"])
-    assert h.merge_cli(base, [adapter], tmp_path / "out") == 0
-    ours = h.load_output(tmp_path / "out")
-    h.assert_close(ours, h.peft_merged(base, adapter))
+    ours = merge_and_compare(base, adapter, tmp_path / "out", h)
     assert len(h.changed_keys(ours, h.load_output(base))) == 6
 
 
@@ -18,5 +24,114 @@ def test_plain_lora_matches_peft_llama(tiny_base, tiny_adapter, tmp_path, h):
 def test_all_linear_lora_matches_peft(arch, tiny_base, tiny_adapter, tmp_path, h):
     base = tiny_base(arch)
     adapter = tiny_adapter(base, target_modules="all-linear")
+    merge_and_compare(base, adapter, tmp_path / "out", h)
+
+
+def test_phi3_fused_qkv_and_gate_up_match_peft(tiny_base, tiny_adapter, tmp_path, h):
+    base = tiny_base("phi3")
+    adapter = tiny_adapter(base, target_modules=["qkv_proj", "gate_up_proj"])
+    ours = merge_and_compare(base, adapter, tmp_path / "out", h)
+    assert {k.rsplit(".", 2)[-2] for k in h.changed_keys(ours, h.load_output(base))} == {
+        "qkv_proj", "gate_up_proj"}
+
+
+def test_rslora_matches_peft(tiny_base, tiny_adapter, tmp_path, h):
+    base = tiny_base("llama")
+    adapter = tiny_adapter(base, target_modules=["q_proj", "o_proj"], use_rslora=True, r=16,
+                           lora_alpha=8)
+    merge_and_compare(base, adapter, tmp_path / "out", h)
+
+
+def test_rank_and_alpha_patterns_match_peft(tiny_base, tiny_adapter, tmp_path, h):
+    base = tiny_base("qwen2")
+    adapter = tiny_adapter(base, target_modules=["q_proj", "v_proj", "up_proj"],
+                           rank_pattern={"v_proj": 4, r"layers\.1\.mlp\.up_proj": 2},
+                           alpha_pattern={"q_proj": 64, "up_proj": 3})
+    merge_and_compare(base, adapter, tmp_path / "out", h)
+
+
+def test_layers_to_transform_changes_only_those_layers(tiny_base, tiny_adapter, tmp_path, h):
+    base = tiny_base("llama")
+    adapter = tiny_adapter(base, target_modules=["q_proj", "gate_proj"], layers_to_transform=[1])
+    ours = merge_and_compare(base, adapter, tmp_path / "out", h)
+    assert all(".layers.1." in k for k in h.changed_keys(ours, h.load_output(base)))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_dora_matches_peft(arch, tiny_base, tiny_adapter, tmp_path, h):
+    base = tiny_base(arch)
+    targets = ["q_proj", "down_proj"] if arch == "llama" else ["c_attn", "c_proj"]
+    adapter = tiny_adapter(base, target_modules=targets, use_dora=True)
+    merge_and_compare(base, adapter, tmp_path / "out", h)
+
+
+def test_dora_on_embeddings_matches_peft(tiny_base, tiny_adapter, tmp_path, h):
+    base = tiny_base("llama")
+    adapter = tiny_adapter(base, target_modules=["embed_tokens", "v_proj"], use_dora=True)
+    merge_and_compare(base, adapter, tmp_path / "out", h)
+
+
+def test_lora_on_embeddings_and_lm_head_matches_peft(tiny_base, tiny_adapter, tmp_path, h):
+    base = tiny_base("llama")
+    adapter = tiny_adapter(base, target_modules=["embed_tokens", "lm_head", "k_proj"])
+    ours = merge_and_compare(base, adapter, tmp_path / "out", h)
+    changed = h.changed_keys(ours, h.load_output(base))
+    assert {"model.embed_tokens.weight", "lm_head.weight"} <= changed
+
+
+def test_gpt2_embeddings_lora_matches_peft(tiny_base, tiny_adapter, tmp_path, h):
+    base = tiny_base("gpt2")
+    adapter = tiny_adapter(base, target_modules=["wte", "c_fc"])
+    merge_and_compare(base, adapter, tmp_path / "out", h)
+
+
+def test_lora_bias_matches_peft(tiny_base, tiny_adapter, tmp_path, h):
+    base = tiny_base("qwen2")  # q/k/v projections carry biases
+    adapter = tiny_adapter(base, target_modules=["q_proj", "v_proj"], lora_bias=True)
+    ours = merge_and_compare(base, adapter, tmp_path / "out", h)
+    assert "model.layers.0.self_attn.q_proj.bias" in h.changed_keys(ours, h.load_output(base))
+
+
+def test_lora_bias_on_layer_without_bias_is_refused(tiny_base, tiny_adapter, tmp_path, h,
+                                                   capsys):
+    base = tiny_base("llama")
+    adapter = tiny_adapter(base, target_modules=["o_proj"], lora_bias=True)
+    assert h.merge_cli(base, [adapter], tmp_path / "out") == 2
+    assert "has no bias" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_modules_to_save_matches_peft(tiny_base, tiny_adapter, tmp_path, h):
+    base = tiny_base("llama")
+    saved = tiny_adapter(base, target_modules=["q_proj"], modules_to_save=["lm_head"])
+    adapter = h.perturb_adapter(saved, tmp_path / "adapter", "lm_head.weight")
+    ours = merge_and_compare(base, adapter, tmp_path / "out", h)
+    assert "lm_head.weight" in h.changed_keys(ours, h.load_output(base))
+
+
+def test_trainable_token_indices_match_peft(tiny_base, tiny_adapter, tmp_path, h):
+    base = tiny_base("mistral")
+    saved = tiny_adapter(base, target_modules=["q_proj"], trainable_token_indices=[5, 9, 300])
+    adapter = h.perturb_adapter(saved, tmp_path / "adapter", "trainable_tokens_delta")
+    ours = merge_and_compare(base, adapter, tmp_path / "out", h)
+    embed = ours["model.embed_tokens.weight"]
+    original = h.load_output(base)["model.embed_tokens.weight"]
+    changed_rows = (embed != original).any(dim=1).nonzero().flatten().tolist()
+    assert changed_rows == [5, 9, 300]
+
+
+def test_bfloat16_base_is_within_one_rounding_of_float32_math(tiny_base, tiny_adapter,
+                                                               tmp_path, h):
+    base = tiny_base("llama", dtype=torch.bfloat16)
+    adapter = tiny_adapter(base, target_modules="all-linear")
     assert h.merge_cli(base, [adapter], tmp_path / "out") == 0
-    h.assert_close(h.load_output(tmp_path / "out"), h.peft_merged(base, adapter))
+    ours = h.load_output(tmp_path / "out")
+    exact = h.peft_merged(base, adapter, dtype=torch.float32)  # bf16 weights, exact math
+    peft_bf16 = h.peft_merged(base, adapter, dtype=torch.bfloat16)
+    for name, tensor in ours.items():
+        assert tensor.dtype == torch.bfloat16, name
+        ulp = torch.finfo(torch.bfloat16).eps * exact[name].abs().clamp_min(1e-30)
+        # one correct rounding of the float32 result: at most half an ulp (one ulp of slack
+        # for the last bit of float32 summation order)
+        assert bool(((tensor.float() - exact[name]).abs() <= ulp).all()), name
+        assert bool(((tensor.float() - peft_bf16[name].float()).abs() <= 2 * ulp).all()), name
