@@ -1,0 +1,62 @@
+"""MergePlan: validation of sources and names, and content-addressed artifact naming."""
+
+import pytest
+from pydantic import ValidationError
+
+from lorafuse.merger.plan import MergePlan
+
+
+def make_plan(**overrides) -> MergePlan:
+    fields = dict(
+        base="hf://meta-llama/Llama-3-8B@8cde5ca8abcdef",
+        adapters=[{"name": "support-v3", "source": "pvc://adapters/support-v3"}],
+    )
+    fields.update(overrides)
+    return MergePlan.model_validate(fields)
+
+
+def test_artifact_name_has_readable_parts_and_hash():
+    name = make_plan(quantization={"method": "awq"}).artifact_name()
+    base, adapter, quant, digest = name.split("--")
+    assert base == "llama-3-8b@8cde5ca"
+    assert adapter == "support-v3"
+    assert quant == "awq"
+    assert len(digest) == 12
+
+
+def test_same_plan_gives_same_artifact_name():
+    assert make_plan().artifact_name() == make_plan().artifact_name()
+
+
+def test_artifact_root_does_not_change_the_name():
+    assert make_plan(artifact_root="/a").artifact_name() == make_plan().artifact_name()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"combine": "ties", "density": 0.5},
+        {"dtype": "float16"},
+        {"seed": 7},
+        {"adapters": [{"name": "support-v3", "source": "pvc://adapters/support-v4"}]},
+        {"adapters": [{"name": "support-v3", "source": "pvc://adapters/support-v3", "weight": 0.5}]},
+    ],
+)
+def test_any_content_change_gives_a_new_artifact_name(change):
+    assert make_plan(**change).artifact_name() != make_plan().artifact_name()
+
+
+def test_relative_source_is_rejected():
+    with pytest.raises(ValidationError, match="base"):
+        make_plan(base="models/llama")
+
+
+def test_duplicate_adapter_names_are_rejected():
+    adapter = {"name": "a", "source": "/adapters/a"}
+    with pytest.raises(ValidationError, match="unique"):
+        make_plan(adapters=[adapter, adapter])
+
+
+def test_unknown_field_is_rejected():
+    with pytest.raises(ValidationError, match="colour"):
+        make_plan(colour="blue")
