@@ -12,7 +12,11 @@ from lorafuse.errors import UserError, ValidationFailed
 
 # name -> (module, help). Each module defines `configure(parser)` and `run(args) -> int`.
 # Heavy modules (torch, kubernetes) are imported only for the command that needs them.
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "crd": ("lorafuse.operator.cli_crd", "print the ModelDeployment CRD (and kopf's peering CRDs)"),
+    "render": ("lorafuse.operator.cli_render", "print the objects a ModelDeployment would get"),
+    "operator": ("lorafuse.operator.cli_operator", "run the ModelDeployment operator"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
