@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import importlib.util
 import subprocess
 import sys
 import tomllib
@@ -9,7 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lorafuse.operator import rbac
+from lorafuse.operator import crd, rbac
+
+from lorafuse.cli import COMMANDS
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "lorafuse"
@@ -112,13 +117,11 @@ def test_namespaced_roles_equal_operator_rbac_data(helm):
 
 def test_operator_watches_all_namespaces_by_default(helm):
     args = operator_container(template(helm))["args"]
-    assert "--all-namespaces" in args
     assert not any(a.startswith("--namespace") for a in args)
 
 
 def test_operator_watches_only_listed_namespaces(helm):
     args = operator_container(template(helm, *NAMESPACED))["args"]
-    assert "--all-namespaces" not in args
     assert [a for a in args if a.startswith("--namespace")] == [
         "--namespace=team-a",
         "--namespace=team-b",
@@ -126,9 +129,21 @@ def test_operator_watches_only_listed_namespaces(helm):
 
 
 def test_peering_object_is_the_one_the_operator_joins(helm):
-    objects = template(helm)
-    (peering,) = by_kind(objects, "ClusterKopfPeering")
-    assert f"--peering={peering['metadata']['name']}" in operator_container(objects)["args"]
+    (peering,) = by_kind(template(helm), "ClusterKopfPeering")
+    assert peering["metadata"]["name"] == crd.PEERING_NAME
+
+
+def test_rendered_args_are_accepted_by_the_operator_command(helm):
+    if importlib.util.find_spec(COMMANDS["operator"][0]) is None:
+        pytest.skip("`lorafuse operator` is not part of this tree")
+    for values in ([], NAMESPACED, ["--set", "peering.enabled=false,operator.replicas=1"]):
+        top, command, *args = operator_container(
+            template(helm, "--set", "operator.verbose=true", *values)
+        )["args"]
+        assert (top, command) == ("--verbose", "operator")
+        parser = argparse.ArgumentParser(exit_on_error=False)
+        importlib.import_module(COMMANDS["operator"][0]).configure(parser)
+        parser.parse_args(args)
 
 
 def test_liveness_probe_targets_kopf_health_endpoint(helm):
@@ -151,6 +166,7 @@ def test_image_tags_default_to_app_version(helm):
     version = package_version()
     assert container["image"] == f"ghcr.io/lorafuse/operator:{version}"
     assert f"--merger-image=ghcr.io/lorafuse/merger:{version}" in container["args"]
+    assert f"--operator-image=ghcr.io/lorafuse/operator:{version}" in container["args"]
 
 
 def test_image_tag_can_be_overridden(helm):

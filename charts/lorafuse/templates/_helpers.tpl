@@ -47,8 +47,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/*
+The peering object's name: fixed by the operator (lorafuse.operator.naming.PEERING_NAME).
+*/}}
 {{- define "lorafuse.peeringName" -}}
-{{- default (include "lorafuse.fullname" .) .Values.peering.name }}
+lorafuse
 {{- end }}
 
 {{/*
