@@ -240,3 +240,22 @@ def test_chart_crds_equal_lorafuse_crd_output():
 def test_rbac_disabled_renders_no_roles(helm):
     objects = template(helm, "--set", "rbac.create=false")
     assert not [o for o in objects if o["kind"].endswith(("Role", "RoleBinding"))]
+
+
+def value_keys(values: dict, prefix: str = "") -> list[str]:
+    """Dotted keys of the values; maps passed whole to Kubernetes count as one key."""
+    keys = []
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        whole = key in ("resources", "podSecurityContext", "securityContext")
+        if isinstance(value, dict) and value and not whole:
+            keys += value_keys(value, dotted + ".")
+        else:
+            keys.append(dotted)
+    return keys
+
+
+def test_every_value_is_documented_in_install_md():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    docs = (REPO / "docs" / "install.md").read_text()
+    assert [k for k in value_keys(values) if f"| `{k}` |" not in docs] == []
