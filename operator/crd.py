@@ -27,7 +27,6 @@ PRINTER_COLUMNS = [
 # kopf keeps its leader election ("peering") in these; a replica that sees a peer with a
 # higher priority pauses, so of two operator replicas one works and one waits.
 PEERING_GROUP = "kopf.dev"
-PEERING_NAME = "lorafuse"
 
 
 def model_deployment_crd() -> dict[str, Any]:

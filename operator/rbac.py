@@ -10,8 +10,7 @@ READ = ["get", "list", "watch"]
 # garbage collector through owner references, so only Jobs and plan ConfigMaps of
 # superseded plans are deleted by the operator itself.
 NAMESPACED_RULES: list[dict[str, Any]] = [
-    # kopf patches its own annotations on the resource; status is patched separately.
-    {"apiGroups": ["lorafuse.dev"], "resources": ["modeldeployments"], "verbs": [*READ, "patch"]},
+    {"apiGroups": ["lorafuse.dev"], "resources": ["modeldeployments"], "verbs": READ},
     {
         "apiGroups": ["lorafuse.dev"],
         "resources": ["modeldeployments/status"],
