@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lorafuse.operator import crd, rbac
+from lorafuse.operator import naming, rbac
 
 from lorafuse.cli import COMMANDS
 
@@ -130,7 +130,7 @@ def test_operator_watches_only_listed_namespaces(helm):
 
 def test_peering_object_is_the_one_the_operator_joins(helm):
     (peering,) = by_kind(template(helm), "ClusterKopfPeering")
-    assert peering["metadata"]["name"] == crd.PEERING_NAME
+    assert peering["metadata"]["name"] == naming.PEERING_NAME
 
 
 def test_rendered_args_are_accepted_by_the_operator_command(helm):

@@ -14,8 +14,11 @@ from lorafuse.operator.spec import ModelDeployment
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
 GENERATOR = REPO / "scripts" / "generate-manifests.py"
-EXAMPLES = sorted((MANIFESTS / "examples").glob("*.yaml"))
-EXAMPLES = [p for p in EXAMPLES if p.name != "kustomization.yaml"]
+EXAMPLES = [
+    p
+    for p in sorted((MANIFESTS / "examples").glob("*.yaml"))
+    if "kind: ModelDeployment" in p.read_text()
+]
 
 
 @pytest.fixture(scope="module")
