@@ -63,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     from lorafuse.operator.metrics import Metrics
     from lorafuse.operator.reconcile import Reconciler
 
+    if logging.getLogger().level > logging.DEBUG:
+        # kopf logs every handler call at INFO; transitions are logged (and posted) by us.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if not 0 <= args.metrics_port <= 65535:
         raise UserError(f"--metrics-port {args.metrics_port}: not a port number")
     configuration = _load_config(config, args.kubeconfig)

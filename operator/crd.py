@@ -38,7 +38,7 @@ def model_deployment_crd() -> dict[str, Any]:
             "kind": {"type": "string"},
             "metadata": {"type": "object"},
             "spec": structural_schema(ModelDeploymentSpec),
-            "status": structural_schema(ModelDeploymentStatus),
+            "status": structural_schema(ModelDeploymentStatus, defaults=False),
         },
         "required": ["spec"],
     }

@@ -92,7 +92,7 @@ def owner_name(body: kopf.Body) -> str | None:
 def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
     managed = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="modeldeployments-changed", registry=registry)
     async def model_deployment_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
         if type == "DELETED":
             controller.reconciler.metrics.forget(body.metadata.namespace, body.metadata.name)

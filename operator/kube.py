@@ -14,6 +14,14 @@ from lorafuse.operator.lifecycle import JobObservation, Rollout
 from lorafuse.operator.spec import GROUP, PLURAL, VERSION
 
 APPLY = "application/apply-patch+yaml"
+# kind -> (API group, resource) of every child the operator applies (RBAC is checked against it).
+APPLIED = {
+    "ConfigMap": ("", "configmaps"),
+    "PersistentVolumeClaim": ("", "persistentvolumeclaims"),
+    "Service": ("", "services"),
+    "Deployment": ("apps", "deployments"),
+    "Job": ("batch", "jobs"),
+}
 
 
 @dataclass

@@ -120,7 +120,7 @@ def failure_reason(merge: MergeStatus) -> str:
 def _kept_rollback(status: ModelDeploymentStatus) -> Rollback | None:
     for condition in status.conditions:
         if condition.type == "RolledBack" and condition.status == "True":
-            return Rollback(condition.reason, condition.message)
+            return Rollback(condition.reason, condition.message or "")
     return None
 
 
@@ -194,7 +194,7 @@ def conditions(
                 type=type_,
                 status=state,
                 reason=reason,
-                message=message,
+                message=message or None,
                 last_transition_time=since,
                 observed_generation=generation,
             )

@@ -13,10 +13,22 @@ INT_OR_STRING = "x-kubernetes-int-or-string"
 DROPPED = {"title", "$defs", "discriminator"}
 
 
-def structural_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The model's schema as Kubernetes accepts it: no $ref, no null, OpenAPI v3.0 ranges."""
+def structural_schema(model: type[BaseModel], defaults: bool = True) -> dict[str, Any]:
+    """The model's schema as Kubernetes accepts it: no $ref, no null, OpenAPI v3.0 ranges.
+
+    `defaults=False` leaves defaults out (for status, which only the operator writes).
+    """
     raw = model.model_json_schema(by_alias=True, mode="validation")
-    return _convert(raw, raw.get("$defs", {}))
+    converted = _convert(raw, raw.get("$defs", {}))
+    return converted if defaults else _without_defaults(converted)
+
+
+def _without_defaults(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_defaults(v) for k, v in node.items() if k != "default"}
+    if isinstance(node, list):
+        return [_without_defaults(v) for v in node]
+    return node
 
 
 def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:

@@ -248,7 +248,7 @@ class Condition(_Model):
     type: str
     status: Literal["True", "False", "Unknown"]
     reason: str
-    message: str = ""
+    message: str | None = None  # Kubernetes' apply turns an empty string into null
     last_transition_time: str | None = None
     observed_generation: int | None = None
 
