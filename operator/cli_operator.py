@@ -45,6 +45,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kubeconfig", default=None, help="default: in-cluster, then $KUBECONFIG/~/.kube/config"
     )
+    parser.add_argument(
+        "--liveness",
+        default=None,
+        metavar="URL",
+        help="serve kopf's health endpoint here, e.g. http://0.0.0.0:8080/healthz",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
             standalone=args.standalone,
             peering_name=None if args.standalone else naming.PEERING_NAME,
             priority=priority,
+            liveness_endpoint=args.liveness,
         )
     )
     return 0
