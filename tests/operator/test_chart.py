@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lorafuse.operator import naming, rbac
 
 from lorafuse.cli import COMMANDS
+from lorafuse.operator import naming, rbac
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "lorafuse"

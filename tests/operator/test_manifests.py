@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from lorafuse.operator.spec import ModelDeployment
 
 REPO = Path(__file__).resolve().parents[2]
