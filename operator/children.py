@@ -346,7 +346,8 @@ def _vllm_container(
     resources = {key: dict(value) for key, value in opts.resources.items()}
     if opts.gpu.count:
         for section in ("limits", "requests"):
-            resources.setdefault(section, {})[opts.gpu.resource_name] = opts.gpu.count
+            # Quantities are strings: server-side apply rejects a bare integer here.
+            resources.setdefault(section, {})[opts.gpu.resource_name] = str(opts.gpu.count)
     period = opts.probes.period_seconds
     return {
         "name": "vllm",

@@ -149,7 +149,7 @@ def test_sizing_and_gpu_flags_reach_vllm(owner, raw_spec):
     assert _flag(args, "--tensor-parallel-size") == "2"
     assert _flag(args, "--gpu-memory-utilization") == "0.85"
     assert args[-1] == "--enforce-eager"
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
 
 
 def test_vllm_defaults_apply_when_sizing_is_left_open(owner, spec):
