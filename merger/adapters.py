@@ -13,7 +13,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lorafuse.errors import UserError
-from lorafuse.merger.shards import read_header
+from lorafuse.merger.provenance import sha256_file
+from lorafuse.merger.shards import TensorRef, read_header
 
 PEFT_PREFIX = "base_model.model."
 SAFETENSORS_NAME = "adapter_model.safetensors"
@@ -72,11 +73,11 @@ class LoraPart:
 
     module: str
     embedding: bool  # lora_embedding_A/B: delta is (B @ A).T
-    a: torch.Tensor
-    b: torch.Tensor
+    a: TensorRef
+    b: TensorRef
     scaling: float
-    bias: torch.Tensor | None = None  # lora_bias: lora_B.bias, added to the base bias
-    magnitude: torch.Tensor | None = None  # DoRA
+    bias: TensorRef | None = None  # lora_bias: lora_B.bias, added to the base bias
+    magnitude: TensorRef | None = None  # DoRA
 
     @property
     def weight_key(self) -> str:
@@ -92,7 +93,7 @@ class TokenRows:
     """trainable_token_indices: rows of an embedding replaced by trained values."""
 
     indices: list[int]
-    values: torch.Tensor
+    values: TensorRef
 
 
 @dataclass
@@ -103,7 +104,7 @@ class Adapter:
     config: AdapterConfig
     files: dict[str, str]  # file name -> sha256
     lora: dict[str, LoraPart] = field(default_factory=dict)  # keyed by base weight key
-    replacements: dict[str, torch.Tensor] = field(default_factory=dict)  # base key -> tensor
+    replacements: dict[str, TensorRef] = field(default_factory=dict)  # base key -> tensor
     token_rows: dict[str, TokenRows] = field(default_factory=dict)  # base weight key -> rows
     tokenizer_files: list[Path] = field(default_factory=list)
     training_run: str | None = None
@@ -192,26 +193,20 @@ def _training_run(config: AdapterConfig) -> str | None:
     return None
 
 
-def _load_weights(path: Path, allow_pickle: bool) -> tuple[Path, dict[str, torch.Tensor], str]:
+def _load_weights(path: Path, allow_pickle: bool) -> tuple[Path, dict[str, TensorRef], str]:
     safetensors_path = path / SAFETENSORS_NAME
     if safetensors_path.is_file():
-        read_header(safetensors_path)  # a clear message for truncated or corrupt files
-        raw = _read_bytes(safetensors_path, "missing")
-        from safetensors import SafetensorError
-        from safetensors.torch import load
-
-        try:
-            tensors = load(raw)
-        except SafetensorError as exc:
-            raise UserError(f"{safetensors_path}: corrupt safetensors file ({exc})") from exc
-        return safetensors_path, tensors, sha256_bytes(raw)
+        # Only the header is kept; each tensor is read when its target is merged.
+        header = read_header(safetensors_path)
+        tensors = {name: TensorRef.in_file(header, entry) for name, entry in header.tensors.items()}
+        return safetensors_path, tensors, sha256_file(safetensors_path)
     pickle_path = path / PICKLE_NAME
     if pickle_path.is_file():
         if not allow_pickle:
             raise UserError(f"{pickle_path}: pickle weights are refused (they can run code); "
                             "convert to safetensors or pass --allow-pickle")
-        raw = _read_bytes(pickle_path, "missing")
-        return pickle_path, _load_pickle(pickle_path), sha256_bytes(raw)
+        tensors = {k: TensorRef.in_memory(k, v) for k, v in _load_pickle(pickle_path).items()}
+        return pickle_path, tensors, sha256_file(pickle_path)
     raise UserError(f"{path}: no {SAFETENSORS_NAME} (or {PICKLE_NAME}) in the adapter directory")
 
 
@@ -228,9 +223,9 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _sort_tensors(adapter: Adapter, tensors: dict[str, torch.Tensor]) -> None:
+def _sort_tensors(adapter: Adapter, tensors: dict[str, TensorRef]) -> None:
     """Group the adapter's tensors by module and kind; unknown keys are errors."""
-    parts: dict[str, dict[str, torch.Tensor]] = {}
+    parts: dict[str, dict[str, TensorRef]] = {}
     for key, tensor in tensors.items():
         if not key.startswith(PEFT_PREFIX):
             raise UserError(f"{adapter.weights_file}: tensor {key!r} lacks the "
@@ -258,17 +253,18 @@ def _sort_tensors(adapter: Adapter, tensors: dict[str, torch.Tensor]) -> None:
 _WRAPPER_INFIXES = re.compile(r"\.(?:modules_to_save(?:\.default)?|base_layer)\.")
 
 
-def _add_replacement(adapter: Adapter, key: str, inner: str, tensor: torch.Tensor) -> None:
+def _add_replacement(adapter: Adapter, key: str, inner: str, tensor: TensorRef) -> None:
     """modules_to_save layers, saved embedding layers and trained biases replace base tensors."""
     target = _WRAPPER_INFIXES.sub(".", inner)
     known = adapter.replacements.get(target)
-    if known is not None and not (known.shape == tensor.shape and torch.equal(known, tensor)):
+    if known is not None and not (known.shape == tensor.shape
+                                  and torch.equal(known.load(), tensor.load())):
         raise UserError(f"{adapter.weights_file}: {key!r} and another saved copy of {target!r} "
                         "differ")
     adapter.replacements[target] = tensor
 
 
-def _lora_part(adapter: Adapter, module: str, found: dict[str, torch.Tensor]) -> LoraPart:
+def _lora_part(adapter: Adapter, module: str, found: dict[str, TensorRef]) -> LoraPart:
     embedding = "lora_embedding_A" in found or "lora_embedding_B" in found
     a_key, b_key = ("lora_embedding_A", "lora_embedding_B") if embedding else ("lora_A.weight",
                                                                               "lora_B.weight")
@@ -312,7 +308,7 @@ def get_pattern_key(pattern_keys: list[str], key_to_match: str) -> str:
     return key_to_match
 
 
-def _add_token_rows(adapter: Adapter, module: str, values: torch.Tensor) -> None:
+def _add_token_rows(adapter: Adapter, module: str, values: TensorRef) -> None:
     spec = adapter.config.trainable_token_indices
     if isinstance(spec, dict):
         names = [k for k in spec if module == k or module.endswith(f".{k}")]

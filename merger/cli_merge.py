@@ -13,26 +13,31 @@ log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base", required=True, type=Path, help="base model directory (HF format)")
+    parser.add_argument("--base", required=True, type=Path, metavar="DIR",
+                        help="base model directory (Hugging Face format, safetensors)")
     parser.add_argument("--adapter", required=True, action="append", type=Path, dest="adapters",
-                        help="PEFT LoRA adapter directory; repeat for several")
-    parser.add_argument("--out", required=True, type=Path, help="output directory (must not exist,"
-                        " or hold this very merge)")
-    parser.add_argument("--weights", type=_weights, help="comma-separated weight per adapter "
-                        "(default 1.0 each)")
+                        metavar="DIR", help="PEFT LoRA adapter directory; repeat for several")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
+                        help="output directory: must not exist, or hold this very merge")
+    parser.add_argument("--weights", type=_weights, metavar="W1,W2",
+                        help="weight per adapter (default 1.0 each)")
     parser.add_argument("--combine", default="linear",
                         choices=["linear", "ties", "dare_linear", "dare_ties"])
-    parser.add_argument("--density", type=float, help="fraction of each task vector kept "
-                        "(ties, dare_*)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for DARE's random pruning")
+    parser.add_argument("--density", type=float, metavar="D",
+                        help="fraction of each task vector kept (ties, dare_*)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S",
+                        help="seed for DARE's random pruning")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16",
                                                              "float32"])
-    parser.add_argument("--shard-size", default="5GB", help="maximum output shard size")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (for the delta math)")
+    parser.add_argument("--shard-size", default="5GB", metavar="SIZE",
+                        help="maximum output shard size (default 5GB)")
+    parser.add_argument("--device", default="cpu", metavar="DEV",
+                        help="cpu or cuda: where the non-trivial merges are computed")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="accept adapter_model.bin (loaded with weights_only=True)")
-    parser.add_argument("--name", action="append", dest="names",
-                        help="adapter name recorded in lorafuse.json (default: folder name)")
+    parser.add_argument("--name", action="append", dest="names", metavar="NAME",
+                        help="adapter name for lorafuse.json, once per --adapter "
+                        "(default: folder names)")
 
 
 def _weights(text: str) -> list[float]:

@@ -41,7 +41,9 @@ def combine_task_vectors(
     if method not in RANDOM_METHODS:
         return function(task_vectors, weight_tensor, density)
     device = task_vectors[0].device
-    devices = [device] if device.type == "cuda" else []
+    index = device.index if device.index is not None else (
+        torch.cuda.current_device() if device.type == "cuda" else 0)
+    devices = [index] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(tensor_seed(seed, tensor_name))
         return function(task_vectors, weight_tensor, density)

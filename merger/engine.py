@@ -15,6 +15,7 @@ from lorafuse import __version__
 from lorafuse.errors import UserError
 from lorafuse.merger.adapters import TOKENIZER_FILES, Adapter, load_adapter
 from lorafuse.merger.atomic import staging_dir
+from lorafuse.merger.background import OrderedIO, RowPool, worker_count
 from lorafuse.merger.basemodel import INDEX_NAME, BaseCheckpoint, load_base
 from lorafuse.merger.combine import METHODS, RANDOM_METHODS
 from lorafuse.merger.plan_tensors import MergeLayout, plan_merge
@@ -35,7 +36,13 @@ from lorafuse.merger.shards import (
     shard_file_names,
     tensor_from_bytes,
 )
-from lorafuse.merger.tensor_merge import CombineSettings, Workspace, merge_tensor
+from lorafuse.merger.tensor_merge import (
+    CombineSettings,
+    Workspace,
+    merge_tensor,
+    reserve_for,
+    torch_threads,
+)
 
 log = logging.getLogger(__name__)
 
@@ -156,26 +163,42 @@ def merge(options: MergeOptions) -> MergeResult:
                                      outputs)
             write_provenance(staging, provenance)
     except OSError as exc:
-        raise _disk_error(exc, out) from exc
+        error = _disk_error(exc, out)
+        if error is None:
+            raise
+        raise error from exc
     total = sum(outputs.values()) + (out / PROVENANCE_NAME).stat().st_size
     log.info("wrote %s (%.1f MB)", out, total / 1e6)
     return MergeResult(out, False, layout.tensors_merged, total, provenance)
 
 
-def _disk_error(exc: OSError, out: Path) -> Exception:
+def _disk_error(exc: OSError, out: Path) -> UserError | None:
+    """Problems of the output location are the user's to fix; others are internal errors."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG):
         return UserError(f"{out.parent}: cannot write the merged model ({exc.strerror}); "
                          "nothing was published")
-    return exc
+    return None
 
 
 def _write_weights(base: BaseCheckpoint, layout: MergeLayout, staging: Path,
                    checked: _Checked) -> tuple[dict[str, str], dict[str, int]]:
     """Stream every base shard once, in file order: hash it, copy or merge each tensor."""
+    io, pool = OrderedIO(), RowPool(worker_count())
+    workspace = Workspace(checked.device, io, pool)
+    try:
+        # one kernel thread per worker: parallel row blocks beat threads inside small kernels
+        with torch_threads(1):
+            return _stream(base, layout, staging, workspace, checked)
+    finally:
+        io.close()
+        pool.close()
+
+
+def _stream(base: BaseCheckpoint, layout: MergeLayout, staging: Path, workspace: Workspace,
+            checked: _Checked) -> tuple[dict[str, str], dict[str, int]]:
     shards = plan_shards(layout.outputs, checked.shard_bytes)
     names = shard_file_names(len(shards))
     pending = list(zip(names, shards, strict=True))
-    workspace = Workspace(checked.device)
     hashes: dict[str, str] = {}
     sizes: dict[str, int] = {}
     current: list[ShardWriter] = []
@@ -185,16 +208,19 @@ def _write_weights(base: BaseCheckpoint, layout: MergeLayout, staging: Path,
         if current and not current[0].full:
             return current[0]
         if current:
-            _close_shard(current.pop(), sizes)
+            _close_shard(current[0], sizes)
+            current.pop()
         name, tensors = pending.pop(0)
-        current.append(ShardWriter(staging / name, tensors))
+        current.append(ShardWriter(staging / name, tensors, workspace.io))
         return current[0]
 
+    reserve_for(workspace, [(entry, layout.by_source[entry.name]) for header in base.headers
+                            for entry in header.tensors.values()], checked.settings)
     total = sum(h.file_size for h in base.headers)
     try:
         with Progress(total, "merging") as progress:
             for header in base.headers:
-                reader = HashedReader(header)
+                reader = HashedReader(header, workspace.io)
                 try:
                     progress.advance(header.data_start)
                     for entry in header.in_file_order():
@@ -205,10 +231,13 @@ def _write_weights(base: BaseCheckpoint, layout: MergeLayout, staging: Path,
                 finally:
                     reader.close()
         if current:
-            _close_shard(current.pop(), sizes)
-    finally:
+            _close_shard(current[0], sizes)
+            current.pop()
+    except BaseException:
+        workspace.io.close()  # let queued writes stop before their files are closed
         for writer in current:
             writer.abort()
+        raise
     if pending:
         raise RuntimeError(f"{len(pending)} planned shards were not written")
     if len(shards) > 1:
@@ -229,15 +258,14 @@ def _emit(plans: list, entry, reader: HashedReader, next_writer, workspace: Work
     if len(plans) == 1 and not first.changed and first.dtype == entry.dtype:
         next_writer().copy_from(first.name, reader, entry)
         return
-    source = tensor_from_bytes(reader.read(entry, workspace.bytes_for(entry.nbytes)), entry)
+    source = tensor_from_bytes(reader.read(entry, workspace.read_buffer(entry.nbytes)), entry)
     for plan in plans:
         if plan.changed:
-            tensor = merge_tensor(plan, source, checked.settings, workspace)
+            tensor, fence = merge_tensor(plan, source, checked.settings, workspace)
         else:  # a dtype conversion only
-            tensor = workspace.tensor(plan.shape, DTYPES[plan.dtype], "out",
-                                      torch.device("cpu"))
+            tensor, fence = workspace.out_tensor(plan.shape, DTYPES[plan.dtype])
             tensor.copy_(source)
-        next_writer().write_tensor(plan.name, tensor)
+        next_writer().write_tensor(plan.name, tensor, fence=fence)
 
 
 def _write_index(staging: Path, layout: MergeLayout, shards, names) -> int:

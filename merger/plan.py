@@ -42,6 +42,9 @@ class Validation(_Strict):
     eval: str | None = Field(default=None, description="JSONL file of {'prompt', 'expected'}")
     max_delta: float = Field(default=0.01, ge=0)
     max_new_tokens: int = Field(default=50, ge=1)
+    # "Clearly broken" limits, applied whatever the task scores (see lorafuse.merger.validate).
+    min_token_agreement: float = Field(default=0.5, ge=0, le=1)
+    max_mean_kl: float = Field(default=0.25, ge=0)
 
 
 class MergePlan(_Strict):

@@ -11,7 +11,7 @@ from lorafuse.errors import UserError
 from lorafuse.merger.adapters import Adapter, TokenRows
 from lorafuse.merger.basemodel import BaseCheckpoint
 from lorafuse.merger.lora import Contribution, expected_shape
-from lorafuse.merger.shards import DTYPES, FLOAT_DTYPES, OutputTensor
+from lorafuse.merger.shards import FLOAT_DTYPES, OutputTensor, TensorRef
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class TensorPlan:
     source: str
     dtype: str
     shape: tuple[int, ...]
-    replacement: torch.Tensor | None = None
+    replacement: TensorRef | None = None
     replaced_by: str | None = None
     token_rows: list[TokenRows] = field(default_factory=list)
     low_rank: list[Contribution] = field(default_factory=list)
@@ -147,7 +147,7 @@ def _check_shape(adapter: Adapter, plan: TensorPlan, shape: tuple[int, ...], wha
 
 
 def _add_replacement(base: BaseCheckpoint, plan: TensorPlan, adapter: Adapter,
-                     tensor: torch.Tensor) -> None:
+                     tensor: TensorRef) -> None:
     shape = tuple(tensor.shape)
     resizable = plan.name in (base.input_embedding, base.output_embedding)
     if shape != plan.shape and not (resizable and shape[1:] == plan.shape[1:]):
@@ -155,11 +155,12 @@ def _add_replacement(base: BaseCheckpoint, plan: TensorPlan, adapter: Adapter,
                         f"the base has {list(plan.shape)} "
                         "(adapter trained for another base model?)")
     if plan.replacement is not None:
-        if plan.replacement.shape != tensor.shape or not torch.equal(plan.replacement, tensor):
+        if plan.replacement.shape != tensor.shape or not torch.equal(plan.replacement.load(),
+                                                                     tensor.load()):
             raise UserError(f"{adapter.weights_file}: {plan.name} is replaced by both "
                             f"{plan.replaced_by} and {adapter.name} with different values")
         return
-    if tensor.dtype not in DTYPES.values() or not tensor.is_floating_point():
+    if not tensor.dtype.is_floating_point:
         raise UserError(f"{adapter.weights_file}: {plan.name} has unsupported dtype {tensor.dtype}")
     plan.replacement, plan.replaced_by, plan.shape = tensor, adapter.name, shape
 
@@ -222,7 +223,7 @@ def _drop_noop_replacements(base: BaseCheckpoint, changes: dict[str, TensorPlan]
             continue
         with safe_open(header.path, "pt") as handle:
             original = handle.get_tensor(plan.source)
-        if torch.equal(plan.replacement.to(original.dtype), original):
+        if torch.equal(plan.replacement.to(dtype=original.dtype), original):
             plan.replacement, plan.replaced_by = None, None
 
 
@@ -262,11 +263,11 @@ def _same_changes(first: TensorPlan | None, second: TensorPlan | None) -> bool:
         return False
     if first.replacement is not None and not (
         first.replacement.shape == second.replacement.shape
-        and torch.equal(first.replacement, second.replacement)
+        and torch.equal(first.replacement.load(), second.replacement.load())
     ):
         return False
     if len(first.token_rows) != len(second.token_rows) or any(
-        a.indices != b.indices or not torch.equal(a.values, b.values)
+        a.indices != b.indices or not torch.equal(a.values.load(), b.values.load())
         for a, b in zip(first.token_rows, second.token_rows, strict=True)
     ):
         return False

@@ -8,13 +8,13 @@ import json
 import os
 import struct
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from lorafuse.errors import UserError
+from lorafuse.merger.background import OrderedIO
 
 # safetensors dtype names <-> torch dtypes for the types a merge may decode.
 DTYPES: dict[str, torch.dtype] = {
@@ -37,7 +37,7 @@ ITEM_BYTES = {
     "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1,
 }
 MAX_HEADER_BYTES = 100 * 1024 * 1024
-CHUNK_BYTES = 8 * 1024 * 1024
+CHUNK_BYTES = 4 * 1024 * 1024
 WRITE_BUFFER_BYTES = 1024 * 1024
 
 
@@ -130,44 +130,33 @@ def _check_layout(header: SafetensorsHeader) -> None:
 class HashedReader:
     """Reads one safetensors file front to back, hashing every byte on the way (one pass).
 
-    Hashing runs on a worker thread (hashlib releases the GIL) while the caller writes or
-    merges the bytes just read; a buffer is reused only after its hash update finished."""
+    Hash updates (and the writes of raw-copied bytes) run on OrderedIO's threads while this
+    thread reads on; a buffer is refilled only when its queued tasks are done."""
 
-    def __init__(self, header: SafetensorsHeader):
+    def __init__(self, header: SafetensorsHeader, io: OrderedIO):
         self.header = header
         self.sha256 = hashlib.sha256()
+        self._io = io
         self._handle = header.path.open("rb", buffering=0)
         self._position = 0
-        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
-        self._pending: Future | None = None
         size = min(CHUNK_BYTES, max(header.file_size, 1))
         self._chunk_buffers = (bytearray(size), bytearray(size))
+        self._turn = 0
         self._hash_bytes(header.data_start)
 
-    def _hash_async(self, view: memoryview) -> None:
-        self._wait()
-        self._pending = self._hasher.submit(self.sha256.update, view)
-
-    def _wait(self) -> None:
-        if self._pending is not None:
-            self._pending.result()
-            self._pending = None
-
     def _hash_bytes(self, count: int) -> None:
-        for chunk in self._chunks(count):
-            self._hash_async(chunk)
+        for buffer, chunk in self._chunks(count):
+            self._io.submit("hash", self.sha256.update, chunk, fence=buffer)
 
-    def _chunks(self, count: int) -> Iterator[memoryview]:
-        """Chunks of the next `count` bytes, alternating between two buffers."""
-        turn = 0
+    def _chunks(self, count: int) -> Iterator[tuple[bytearray, memoryview]]:
+        """The next `count` bytes in chunks, alternating between two buffers."""
         while count > 0:
-            # Callers hash each chunk before asking for the next, and a new hash update waits
-            # for the previous one: the buffer filled here (two chunks back) is free.
-            buffer = memoryview(self._chunk_buffers[turn % 2])
-            turn += 1
-            got = self._read_into(buffer[: min(len(buffer), count)])
-            count -= got
-            yield buffer[:got]
+            buffer = self._chunk_buffers[self._turn % 2]
+            self._turn += 1
+            self._io.wait(buffer)
+            view = memoryview(buffer)[: min(len(buffer), count)]
+            count -= self._read_into(view)
+            yield buffer, view
 
     def _read_into(self, view: memoryview) -> int:
         done = 0
@@ -184,47 +173,74 @@ class HashedReader:
         if target != self._position:
             raise RuntimeError(f"tensors must be read in file order ({entry.name})")
 
-    def copy_to(self, entry: TensorEntry, sink) -> None:
-        """Stream one tensor's bytes into `sink.write` without decoding them."""
+    def copy_to(self, entry: TensorEntry, sink: ShardWriter) -> None:
+        """Stream one tensor's bytes into `sink` without decoding them."""
         self._seek_to(entry)
-        self._wait()  # the chunk buffers are free again
-        for chunk in self._chunks(entry.nbytes):
-            self._hash_async(chunk)
-            sink.write(chunk)
+        for buffer, chunk in self._chunks(entry.nbytes):
+            self._io.submit("hash", self.sha256.update, chunk, fence=buffer)
+            sink.write(chunk, fence=buffer)
 
-    def read(self, entry: TensorEntry, buffer: bytearray | None = None) -> memoryview:
-        """One tensor's bytes, for decoding; into `buffer` (reused between calls) if given.
-
-        The bytes stay valid until the next call on this reader."""
+    def read(self, entry: TensorEntry, buffer: bytearray) -> memoryview:
+        """One tensor's bytes in `buffer` (large enough), for decoding; valid until `buffer`
+        is passed to this reader again."""
         self._seek_to(entry)
-        self._wait()
-        data = buffer if buffer is not None and len(buffer) >= entry.nbytes else bytearray(
-            entry.nbytes)
-        view = memoryview(data)[: entry.nbytes]
+        self._io.wait(buffer)
+        view = memoryview(buffer)[: entry.nbytes]
         self._read_into(view)
-        self._hash_async(view)
+        self._io.submit("hash", self.sha256.update, view, fence=buffer)
         return view
-
-    def skip(self, entry: TensorEntry) -> None:
-        self._seek_to(entry)
-        self._wait()
-        self._hash_bytes(entry.nbytes)
 
     def finish(self) -> str:
         """Hash whatever is left and return the file's sha256."""
-        self._wait()
         self._hash_bytes(self.header.file_size - self._position)
-        self._wait()
+        self._io.drain()
         self.close()
         return self.sha256.hexdigest()
 
     def close(self) -> None:
-        if self._pending is not None:
-            self._pending.cancel()
-            with contextlib.suppress(Exception):
-                self._pending.result()
-        self._hasher.shutdown(wait=True)
         self._handle.close()
+
+
+@dataclass(eq=False)
+class TensorRef:
+    """A tensor left in its file until needed: adapters are read per target, not held whole."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    path: Path | None = None
+    offset: int = 0  # absolute position of the first byte in `path`
+    tensor: torch.Tensor | None = None  # set for tensors that only exist in memory
+
+    @classmethod
+    def in_file(cls, header: SafetensorsHeader, entry: TensorEntry) -> TensorRef:
+        if entry.dtype not in DTYPES:
+            raise UserError(f"{header.path}: tensor {entry.name!r} has unsupported dtype "
+                            f"{entry.dtype}")
+        return cls(entry.name, entry.shape, DTYPES[entry.dtype], header.path,
+                   header.data_start + entry.begin)
+
+    @classmethod
+    def in_memory(cls, name: str, tensor: torch.Tensor) -> TensorRef:
+        return cls(name, tuple(tensor.shape), tensor.dtype, tensor=tensor)
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def load(self) -> torch.Tensor:
+        if self.tensor is not None:
+            return self.tensor
+        tensor = torch.empty(self.shape, dtype=self.dtype)
+        if tensor.numel():
+            target = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+            with self.path.open("rb", buffering=0) as handle:
+                handle.seek(self.offset)
+                if handle.readinto(target) != len(target):
+                    raise UserError(f"{self.path}: file ended early reading {self.name!r}")
+        return tensor
+
+    def to(self, device=None, dtype=None) -> torch.Tensor:
+        return self.load().to(device=device, dtype=dtype)
 
 
 def tensor_from_bytes(data: memoryview, entry: TensorEntry) -> torch.Tensor:
@@ -293,19 +309,22 @@ def encode_header(tensors: list[OutputTensor]) -> bytes:
 
 
 class ShardWriter:
-    """Writes one planned shard: the header up front, then each tensor's bytes in plan order."""
+    """Writes one planned shard: the header up front, then each tensor's bytes in plan order.
 
-    def __init__(self, path: Path, tensors: list[OutputTensor]):
+    Writes are queued on OrderedIO's write lane; `fence` names the buffer a write reads."""
+
+    def __init__(self, path: Path, tensors: list[OutputTensor], io: OrderedIO):
         self.path = path
+        self._io = io
         self._pending = list(reversed(tensors))
         self._handle = path.open("wb", buffering=WRITE_BUFFER_BYTES)
         self.bytes_written = 0
-        self.write(encode_header(tensors))
         self._current: OutputTensor | None = None
         self._current_left = 0
+        self.write(encode_header(tensors))
 
-    def write(self, data) -> None:
-        self._handle.write(data)
+    def write(self, data, fence: object | None = None) -> None:
+        self._io.submit("write", self._handle.write, data, fence=fence)
         self.bytes_written += len(data)
 
     def begin(self, name: str) -> OutputTensor:
@@ -317,12 +336,12 @@ class ShardWriter:
         self._current, self._current_left = expected, expected.nbytes
         return expected
 
-    def write_tensor(self, name: str, tensor: torch.Tensor) -> None:
+    def write_tensor(self, name: str, tensor: torch.Tensor, fence: object | None = None) -> None:
         planned = self.begin(name)
         if DTYPE_NAMES.get(tensor.dtype) != planned.dtype or tuple(tensor.shape) != planned.shape:
             raise RuntimeError(f"{name}: planned {planned.dtype}{list(planned.shape)}, "
                                f"got {tensor.dtype}{list(tensor.shape)}")
-        self.write(tensor_bytes(tensor))
+        self.write(tensor_bytes(tensor), fence=fence)
         self._current_left = 0
 
     def copy_from(self, name: str, reader: HashedReader, entry: TensorEntry) -> None:
@@ -339,9 +358,21 @@ class ShardWriter:
     def close(self) -> None:
         if not self.full:
             raise RuntimeError(f"{self.path}: closed before all planned tensors were written")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self._handle.close()
+        self._io.submit("write", self._finish)
+        self._io.drain()
+
+    def _finish(self) -> None:
+        try:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        finally:
+            self.abort()
 
     def abort(self) -> None:
-        self._handle.close()
+        """Close the file whatever state it is in (its buffer may not fit a full disk)."""
+        if not self._handle.closed:
+            with contextlib.suppress(OSError):
+                self._handle.close()
+            if not self._handle.closed:  # close() raised before releasing the descriptor
+                with contextlib.suppress(OSError):
+                    os.close(self._handle.fileno())

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 
 from lorafuse.errors import UserError
+from lorafuse.merger.background import OrderedIO, RowPool
 from lorafuse.merger.combine import combine_task_vectors
 from lorafuse.merger.lora import add_bias, add_low_rank, apply_dora, delta
 from lorafuse.merger.plan_tensors import TensorPlan
@@ -26,51 +29,88 @@ class CombineSettings:
 
 @dataclass
 class Workspace:
-    """Buffers reused from tensor to tensor: fresh large allocations cost page faults."""
+    """Byte buffers reused from tensor to tensor, sized once for the largest tensor (fresh
+    large allocations cost page faults and fragment the heap), the I/O lanes that write
+    them, and the threads that compute row blocks."""
 
     device: torch.device
-    _buffers: dict[tuple[torch.dtype, str], torch.Tensor] = field(default_factory=dict)
-    read_buffer: bytearray = field(default_factory=bytearray)
+    io: OrderedIO
+    pool: RowPool
+    _buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+    _read_buffer: bytearray = field(default_factory=bytearray)
+    _out_turn: int = 0
+
+    def reserve(self, role: str, nbytes: int, device: torch.device | None = None) -> None:
+        device = device or self.device
+        key = f"{role}:{device}"
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.numel() < nbytes:
+            self._buffers[key] = torch.empty(max(nbytes, 8), dtype=torch.uint8, device=device)
+
+    def reserve_read(self, nbytes: int) -> None:
+        if len(self._read_buffer) < nbytes:
+            self._read_buffer = bytearray(nbytes)
 
     def tensor(self, shape: tuple[int, ...], dtype: torch.dtype, role: str,
                device: torch.device | None = None) -> torch.Tensor:
-        device = device or self.device
+        return self._buffer(shape, dtype, role, device or self.device)[0]
+
+    def _buffer(self, shape, dtype, role, device) -> tuple[torch.Tensor, torch.Tensor]:
         numel = 1
         for dim in shape:
             numel *= dim
-        key = (dtype, f"{role}:{device}")
-        buffer = self._buffers.get(key)
-        if buffer is None or buffer.numel() < numel:
-            buffer = torch.empty(max(numel, 1), dtype=dtype, device=device)
-            self._buffers[key] = buffer
-        return buffer[:numel].view(shape)
+        nbytes = numel * dtype.itemsize
+        self.reserve(role, nbytes, device)
+        buffer = self._buffers[f"{role}:{device}"]
+        return buffer[:nbytes].view(dtype).view(shape), buffer
 
-    def bytes_for(self, nbytes: int) -> bytearray:
-        if len(self.read_buffer) < nbytes:
-            self.read_buffer = bytearray(nbytes)
-        return self.read_buffer
+    def out_tensor(self, shape: tuple[int, ...], dtype: torch.dtype
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A CPU output buffer and its fence; two alternate, so one is written out while the
+        next tensor is computed into the other."""
+        self._out_turn += 1
+        role = f"out{self._out_turn % 2}"
+        self.io.wait(self._buffers.get(f"{role}:cpu"))
+        return self._buffer(shape, dtype, role, torch.device("cpu"))
+
+    def read_buffer(self, nbytes: int) -> bytearray:
+        self.reserve_read(nbytes)
+        return self._read_buffer
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    if previous != count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if previous != count:
+            torch.set_num_threads(previous)
 
 
 def merge_tensor(plan: TensorPlan, base: torch.Tensor, settings: CombineSettings,
-                 workspace: Workspace) -> torch.Tensor:
-    """The merged tensor in the plan's output dtype (a view into a workspace buffer)."""
+                 workspace: Workspace) -> tuple[torch.Tensor, torch.Tensor]:
+    """The merged tensor in the plan's output dtype and the buffer holding it (its fence)."""
     out_dtype = DTYPES[plan.dtype]
     if _blockable(plan, settings, workspace):
         return _merge_blocked(plan, base, workspace, out_dtype)
-    work = workspace.tensor(plan.shape, torch.float32, "work")
-    work.copy_(plan.replacement if plan.replacement is not None else base)
-    for rows in plan.token_rows:
-        index = torch.tensor(rows.indices, dtype=torch.long, device=work.device)
-        work.index_copy_(0, index, rows.values.to(device=work.device, dtype=torch.float32))
-    if plan.dora is not None:
-        apply_dora(work, plan.dora)
-    _add_updates(work, plan, settings)
-    _check_finite(work, plan, "")
-    out = workspace.tensor(plan.shape, out_dtype, "out", torch.device("cpu"))
-    out.copy_(work)
-    if out_dtype != torch.float32:
-        _check_finite(out, plan, f" after rounding to {plan.dtype}")
-    return out
+    with torch_threads(workspace.pool.workers):
+        work = workspace.tensor(plan.shape, torch.float32, "work")
+        work.copy_(plan.replacement.load() if plan.replacement is not None else base)
+        for rows in plan.token_rows:
+            index = torch.tensor(rows.indices, dtype=torch.long, device=work.device)
+            work.index_copy_(0, index, rows.values.to(device=work.device, dtype=torch.float32))
+        if plan.dora is not None:
+            apply_dora(work, plan.dora)
+        _add_updates(work, plan, settings)
+        _check_finite(work, plan, "")
+        out, fence = workspace.out_tensor(plan.shape, out_dtype)
+        out.copy_(work)
+        if out_dtype != torch.float32:
+            _check_finite(out, plan, f" after rounding to {plan.dtype}")
+    return out, fence
 
 
 def _add_updates(work: torch.Tensor, plan: TensorPlan, settings: CombineSettings) -> None:
@@ -93,37 +133,92 @@ def _add_updates(work: torch.Tensor, plan: TensorPlan, settings: CombineSettings
 
 
 def _blockable(plan: TensorPlan, settings: CombineSettings, workspace: Workspace) -> bool:
+    return blockable(plan, settings, workspace.device)
+
+
+def blockable(plan: TensorPlan, settings: CombineSettings, device: torch.device) -> bool:
     """Plain linear LoRA on a CPU: the common case, done without full-size temporaries."""
-    return (workspace.device.type == "cpu" and settings.method == "linear" and len(plan.shape) == 2
+    return (device.type == "cpu" and settings.method == "linear" and len(plan.shape) == 2
             and plan.replacement is None and not plan.token_rows and plan.dora is None
             and not plan.bias)
 
 
+def reserve_for(workspace: Workspace, plans_by_entry, settings: CombineSettings) -> None:
+    """Allocate every buffer at its final size before streaming starts."""
+    read = out = work = 0
+    block = BLOCK_BYTES
+    for entry, plans in plans_by_entry:
+        if len(plans) == 1 and not plans[0].changed and plans[0].dtype == entry.dtype:
+            continue  # copied as raw bytes
+        read = max(read, entry.nbytes)
+        for plan in plans:
+            numel = 1
+            for dim in plan.shape:
+                numel *= dim
+            out = max(out, numel * DTYPES[plan.dtype].itemsize)
+            if plan.changed and not blockable(plan, settings, workspace.device):
+                work = max(work, numel * 4)
+            elif len(plan.shape) == 2:
+                block = max(block, plan.shape[1] * 4)
+    workspace.reserve_read(read)
+    for role in ("out0", "out1"):
+        workspace.reserve(role, out, torch.device("cpu"))
+    if work:
+        workspace.reserve("work", work)
+    for worker in range(workspace.pool.workers):
+        workspace.reserve(f"block{worker}", block)
+
+
 def _merge_blocked(plan: TensorPlan, base: torch.Tensor, workspace: Workspace,
-                   out_dtype: torch.dtype) -> torch.Tensor:
-    """W + sum(w_i s_i B_i A_i) a block of rows at a time: widen, add, check, round."""
+                   out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """W + sum(w_i s_i B_i A_i) a block of rows at a time (widen, add, check, round), the
+    row ranges spread over the pool's threads."""
     rows, cols = plan.shape
-    out = workspace.tensor(plan.shape, out_dtype, "out")
-    if out_dtype == torch.float32:  # nothing to round: update the output buffer in place
-        out.copy_(base)
-        for contribution in plan.low_rank:
-            add_low_rank(out, contribution)
-        _check_finite(out, plan, "")
-        return out
+    out, fence = workspace.out_tensor(plan.shape, out_dtype)
+    factors = [(*c.factors(torch.device("cpu")), c.alpha) for c in plan.low_rank]
     step = max(1, BLOCK_BYTES // (4 * max(cols, 1)))
-    block = workspace.tensor((min(step, rows), cols), torch.float32, "block")
-    factors = [(*c.factors(block.device), c.alpha) for c in plan.low_rank]
-    for start in range(0, rows, step):
-        stop = min(start + step, rows)
-        work = block[: stop - start]
-        work.copy_(base[start:stop])
-        for left, right, alpha in factors:
-            work.addmm_(left[start:stop], right, alpha=alpha)
-        _check_finite(work, plan, "")
-        out[start:stop].copy_(work)
-    if out_dtype != torch.float32:
-        _check_finite(out, plan, f" after rounding to {plan.dtype}")
-    return out
+    blocks = [workspace.tensor((step, cols), torch.float32, f"block{i}")
+              for i in range(workspace.pool.workers)]
+    in_place = out_dtype == torch.float32  # nothing to round: update the output rows directly
+    check_range = not _rounding_cannot_overflow(base.dtype, out_dtype, factors)
+
+    def run(worker: int, start: int, stop: int) -> bool:
+        total = torch.zeros((), dtype=torch.float32)
+        in_range = True
+        for first in range(start, stop, step):
+            last = min(first + step, stop)
+            work = out[first:last] if in_place else blocks[worker][: last - first]
+            work.copy_(base[first:last])
+            for left, right, alpha in factors:
+                work.addmm_(left[first:last], right, alpha=alpha)
+            # a NaN or Inf anywhere makes the sum non-finite: far cheaper than isfinite()
+            total += work.sum()
+            if check_range:
+                low, high = torch.aminmax(work)
+                limit = torch.finfo(out_dtype).max
+                in_range = in_range and bool(low >= -limit) and bool(high <= limit)
+            if not in_place:
+                out[first:last].copy_(work)
+        return bool(torch.isfinite(total)) and in_range
+
+    if not all(workspace.pool.map_rows(rows, step, run)):
+        # a finite tensor whose sum overflowed gets the exact test
+        _check_finite(out, plan, f" (in {plan.dtype})")
+    return out, fence
+
+
+def _rounding_cannot_overflow(base_dtype: torch.dtype, out_dtype: torch.dtype,
+                              factors: list[tuple[torch.Tensor, torch.Tensor, float]]) -> bool:
+    """True when |W + sum(alpha B A)| stays below the output dtype's overflow point for any W
+    of the base dtype: then a finite float32 result also rounds to a finite value."""
+    out_max = torch.finfo(out_dtype).max
+    if torch.finfo(base_dtype).max > out_max:
+        return False  # e.g. a float32 base written as float16
+    bound = sum(abs(alpha) * left.shape[1] * float(left.abs().max()) * float(right.abs().max())
+                for left, right, alpha in factors)
+    # the next representable value above out_max, halved: the rounding threshold to Inf
+    eps = torch.finfo(out_dtype).eps
+    return bound < out_max * eps / 2
 
 
 def _check_finite(tensor: torch.Tensor, plan: TensorPlan, when: str) -> None:

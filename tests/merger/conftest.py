@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,123 @@ def medium_model(model_cache):
     adapter = model_cache("adapter", _build_adapter_at, base, seed=5, target_modules="all-linear",
                           r=16)
     return base, adapter
+
+
+# --- quantize / validate / job / run ------------------------------------------------------
+
+
+@dataclass
+class PipelineModels:
+    """A vLLM-servable tiny base (head_dim 32), a LoRA on all its linear layers, the merge."""
+
+    base: Path
+    adapter: Path
+    merged: Path  # by the merge engine, with lorafuse.json
+    peft_merged: Path  # by PEFT's merge_and_unload(): the independent oracle
+    damaged: Path  # the PEFT merge with layer 0's deltas subtracted instead of added
+
+
+@pytest.fixture(scope="session")
+def pipeline_models(tmp_path_factory) -> PipelineModels:
+    from lorafuse.merger.demo import build_inputs
+    from lorafuse.merger.engine import MergeOptions, merge
+
+    root = tmp_path_factory.mktemp("pipeline-models")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base, adapter = build_inputs(root)  # what `lorafuse demo` builds
+        merged = merge(MergeOptions(base=base, adapters=[adapter], out=root / "merged")).out
+        peft_dir = _save_peft_merge(base, adapter, root / "peft-merged")
+        damaged = _save_damaged(base, peft_dir, root / "damaged", layer=0)
+    return PipelineModels(base, adapter, merged, peft_dir, damaged)
+
+
+def _save_peft_merge(base: Path, adapter: Path, out: Path) -> Path:
+    import shutil
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    PeftModel.from_pretrained(model, adapter).merge_and_unload().save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (base / name).is_file():
+            shutil.copy2(base / name, out / name)
+    return out
+
+
+def _save_damaged(base: Path, merged: Path, out: Path, layer: int) -> Path:
+    """W_base - delta for every linear weight of one layer: that layer's delta, sign flipped."""
+    import shutil
+
+    shutil.copytree(merged, out)
+    path = out / "model.safetensors"
+    tensors, original = load_file(path), load_output(base)
+    prefix = f"model.layers.{layer}."
+    flipped = [k for k in tensors if k.startswith(prefix) and k.endswith("proj.weight")]
+    assert flipped
+    for key in flipped:
+        tensors[key] = 2 * original[key] - tensors[key]
+    save_file(tensors, path, metadata={"format": "pt"})
+    return out
+
+
+def greedy_text(model_dir: Path, prompt: str, max_new_tokens: int, adapter: Path | None = None):
+    """What a model (or base + adapter with PEFT) answers greedily, decoded."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        if adapter is not None:
+            model = PeftModel.from_pretrained(model, adapter)
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = model.eval().generate(ids, attention_mask=torch.ones_like(ids),
+                                        max_new_tokens=max_new_tokens, do_sample=False,
+                                        pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+EVAL_PROMPTS = ("Where is my order?", "Low rank adaptation trains", "Hello world.")
+
+
+@pytest.fixture(scope="session")
+def eval_file(pipeline_models, tmp_path_factory) -> Path:
+    """An eval set whose expected texts are what PEFT's base + adapter answers (8 tokens)."""
+    path = tmp_path_factory.mktemp("eval") / "eval.jsonl"
+    lines = [
+        json.dumps({"prompt": p, "expected": greedy_text(pipeline_models.base, p, 8,
+                                                         adapter=pipeline_models.adapter)})
+        for p in EVAL_PROMPTS
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def calibration_file() -> Path:
+    return Path(__file__).parents[2] / "examples" / "demo-calibration.jsonl"
+
+
+def tree_state(*roots: Path) -> dict[str, tuple[int, int, int]]:
+    """(inode, mtime_ns, size) of every path under `roots`: equal states mean nothing changed."""
+    state = {}
+    for root in roots:
+        for path in [root, *sorted(root.rglob("*"))]:
+            info = path.stat()
+            state[str(path)] = (info.st_ino, info.st_mtime_ns, info.st_size)
+    return state
+
+
+@pytest.fixture(scope="session")
+def pipe():
+    """greedy_text and tree_state as a fixture (importlib mode cannot import conftest)."""
+
+    class PipelineHelpers:
+        greedy_text = staticmethod(greedy_text)
+        tree_state = staticmethod(tree_state)
+
+    return PipelineHelpers

@@ -202,3 +202,14 @@ def test_adapter_key_matching_nothing_names_key_and_file(inputs, tmp_path, h, ca
     save_file(renamed, path, metadata={"format": "pt"})
     fails_cleanly(h, capsys, base, [adapter], tmp_path / "out",
                   expect="model.layers.0.self_attn.q_projx.weight", names=path)
+
+
+def test_overflow_when_rounding_to_float16_is_refused(inputs, tmp_path, h, capsys):
+    base, adapter = inputs
+    path = adapter / "adapter_model.safetensors"
+    tensors = load_file(path)
+    key = next(k for k in tensors if "layers.0.self_attn.q_proj.lora_B" in k)
+    tensors[key] = tensors[key] * 1e6  # finite in float32, far beyond float16's 65504
+    save_file(tensors, path, metadata={"format": "pt"})
+    fails_cleanly(h, capsys, base, [adapter], tmp_path / "out", "--dtype", "float16",
+                  expect="not finite", names="model.layers.0.self_attn.q_proj.weight")

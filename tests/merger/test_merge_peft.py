@@ -85,11 +85,15 @@ def test_gpt2_embeddings_lora_matches_peft(tiny_base, tiny_adapter, tmp_path, h)
     merge_and_compare(base, adapter, tmp_path / "out", h)
 
 
-def test_lora_bias_matches_peft(tiny_base, tiny_adapter, tmp_path, h):
-    base = tiny_base("qwen2")  # q/k/v projections carry biases
-    adapter = tiny_adapter(base, target_modules=["q_proj", "v_proj"], lora_bias=True)
+@pytest.mark.parametrize("arch, targets, bias_key", [
+    ("qwen2", ["q_proj", "v_proj"], "model.layers.0.self_attn.q_proj.bias"),
+    ("gpt2", ["c_attn", "c_fc"], "transformer.h.0.attn.c_attn.bias"),
+])
+def test_lora_bias_matches_peft(arch, targets, bias_key, tiny_base, tiny_adapter, tmp_path, h):
+    base = tiny_base(arch)
+    adapter = tiny_adapter(base, target_modules=targets, lora_bias=True)
     ours = merge_and_compare(base, adapter, tmp_path / "out", h)
-    assert "model.layers.0.self_attn.q_proj.bias" in h.changed_keys(ours, h.load_output(base))
+    assert bias_key in h.changed_keys(ours, h.load_output(base))
 
 
 def test_lora_bias_on_layer_without_bias_is_refused(tiny_base, tiny_adapter, tmp_path, h,
@@ -135,3 +139,11 @@ def test_bfloat16_base_is_within_one_rounding_of_float32_math(tiny_base, tiny_ad
         # for the last bit of float32 summation order)
         assert bool(((tensor.float() - exact[name]).abs() <= ulp).all()), name
         assert bool(((tensor.float() - peft_bf16[name].float()).abs() <= 2 * ulp).all()), name
+
+
+def test_trained_biases_match_peft(tiny_base, tiny_adapter, tmp_path, h):
+    base = tiny_base("gpt2")
+    saved = tiny_adapter(base, target_modules=["c_attn", "c_proj"], bias="all")
+    adapter = h.perturb_adapter(saved, tmp_path / "adapter", ".bias")
+    ours = merge_and_compare(base, adapter, tmp_path / "out", h)
+    assert "transformer.h.1.mlp.c_proj.bias" in h.changed_keys(ours, h.load_output(base))

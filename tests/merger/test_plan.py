@@ -39,7 +39,11 @@ def test_artifact_root_does_not_change_the_name():
         {"dtype": "float16"},
         {"seed": 7},
         {"adapters": [{"name": "support-v3", "source": "pvc://adapters/support-v4"}]},
-        {"adapters": [{"name": "support-v3", "source": "pvc://adapters/support-v3", "weight": 0.5}]},
+        {
+            "adapters": [
+                {"name": "support-v3", "source": "pvc://adapters/support-v3", "weight": 0.5}
+            ]
+        },
     ],
 )
 def test_any_content_change_gives_a_new_artifact_name(change):

@@ -27,12 +27,12 @@ def test_sigkill_mid_merge_leaves_nothing_at_out(medium_model, tmp_path, h):
     out = tmp_path / "out"
     process = subprocess.Popen(
         lorafuse_command("merge", "--base", base, "--adapter", adapter, "--out", out,
-                         "--shard-size", "2MB"),
+                         "--shard-size", "1MB"),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         shards = [p for d in staging_dirs(out) for p in d.glob("*.safetensors")]
-        if len(shards) >= 3:  # well into writing
+        if shards:  # writing has begun
             break
         time.sleep(0.005)
     assert process.poll() is None, "merge finished before it could be killed"
@@ -41,7 +41,7 @@ def test_sigkill_mid_merge_leaves_nothing_at_out(medium_model, tmp_path, h):
     assert not out.exists()
     assert staging_dirs(out), "the killed run's staging dir should be what is left"
     # the next run for the same --out removes the dead run's leftovers and publishes
-    assert h.merge_cli(base, [adapter], out, "--shard-size", "2MB") == 0
+    assert h.merge_cli(base, [adapter], out, "--shard-size", "1MB") == 0
     assert (out / "lorafuse.json").is_file()
     assert not staging_dirs(out)
 
@@ -118,7 +118,11 @@ def small_tmpfs(tmp_path):
     try:
         yield mount_point
     finally:
-        subprocess.run(["umount", str(mount_point)], check=False)
+        # a file left open on it (a bug) would make this fail: check it, then unmount anyway
+        unmounted = subprocess.run(["umount", str(mount_point)], capture_output=True)
+        if unmounted.returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], check=False)
+        assert unmounted.returncode == 0, unmounted.stderr
 
 
 def test_full_disk_fails_and_removes_temporary_files(small_tmpfs, tiny_base, tiny_adapter, h,

@@ -60,3 +60,24 @@ def test_dora_and_lora_on_different_layers_merge(tiny_base, tiny_adapter, tmp_pa
     by_dora, by_lora = h.peft_merged(base, dora), h.peft_merged(base, lora)
     h.assert_close({k: v for k, v in ours.items() if "q_proj" in k}, by_dora)
     h.assert_close({k: v for k, v in ours.items() if "v_proj" in k}, by_lora)
+
+
+def test_two_adapters_replacing_one_layer_differently_are_refused(tiny_base, tiny_adapter,
+                                                                 tmp_path, h, capsys):
+    base = tiny_base("llama")
+    saved = tiny_adapter(base, target_modules=["q_proj"], modules_to_save=["lm_head"])
+    first = h.perturb_adapter(saved, tmp_path / "a", "lm_head.weight", seed=1)
+    second = h.perturb_adapter(saved, tmp_path / "b", "lm_head.weight", seed=2)
+    assert h.merge_cli(base, [first, second], tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "lm_head.weight is replaced by both a and b" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_overlapping_trainable_tokens_of_two_adapters_are_refused(tiny_base, tiny_adapter,
+                                                                  tmp_path, h, capsys):
+    base = tiny_base("llama")
+    first = tiny_adapter(base, seed=2, target_modules=["q_proj"], trainable_token_indices=[3, 7])
+    second = tiny_adapter(base, seed=3, target_modules=["v_proj"], trainable_token_indices=[7])
+    assert h.merge_cli(base, [first, second], tmp_path / "out") == 2
+    assert "overlap ([7])" in capsys.readouterr().err

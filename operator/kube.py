@@ -1,0 +1,212 @@
+"""Thin calls on the official Kubernetes client: server-side apply, reads, the Job's result."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from lorafuse.operator import naming
+from lorafuse.operator.lifecycle import JobObservation, Rollout
+from lorafuse.operator.spec import GROUP, PLURAL, VERSION
+
+APPLY = "application/apply-patch+yaml"
+# kind -> (API group, resource) of every child the operator applies (RBAC is checked against it).
+APPLIED = {
+    "ConfigMap": ("", "configmaps"),
+    "PersistentVolumeClaim": ("", "persistentvolumeclaims"),
+    "Service": ("", "services"),
+    "Deployment": ("apps", "deployments"),
+    "Job": ("batch", "jobs"),
+}
+
+
+@dataclass
+class Kube:
+    """The API calls reconcile makes, on one ApiClient."""
+
+    api: client.ApiClient
+
+    def __post_init__(self) -> None:
+        self.core = client.CoreV1Api(self.api)
+        self.apps = client.AppsV1Api(self.api)
+        self.batch = client.BatchV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+
+    # --- writes -------------------------------------------------------------------------
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        """Server-side apply under the operator's field manager; fields it dropped are removed."""
+        meta = obj["metadata"]
+        patch = {
+            "ConfigMap": self.core.patch_namespaced_config_map,
+            "PersistentVolumeClaim": self.core.patch_namespaced_persistent_volume_claim,
+            "Service": self.core.patch_namespaced_service,
+            "Deployment": self.apps.patch_namespaced_deployment,
+            "Job": self.batch.patch_namespaced_job,
+        }[obj["kind"]]
+        patch(
+            meta["name"],
+            meta["namespace"],
+            obj,
+            field_manager=naming.FIELD_MANAGER,
+            force=True,
+            _content_type=APPLY,
+        )
+
+    def apply_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ModelDeployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "status": status,
+        }
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            body,
+            field_manager=naming.FIELD_MANAGER,
+            force=True,
+            _content_type=APPLY,
+        )
+
+    def delete_stale_merges(self, namespace: str, owner: str, keep_plan: str) -> list[str]:
+        """Jobs and plan ConfigMaps of plans the spec no longer asks for."""
+        deleted = []
+        for component, lister, deleter in (
+            ("merge", self.batch.list_namespaced_job, self.batch.delete_namespaced_job),
+            ("plan", self.core.list_namespaced_config_map, self.core.delete_namespaced_config_map),
+        ):
+            selector = _selector(naming.selector(owner, component))
+            for item in lister(namespace, label_selector=selector).items:
+                if (item.metadata.labels or {}).get(naming.LABEL_PLAN) == keep_plan:
+                    continue
+                try:
+                    deleter(item.metadata.name, namespace, propagation_policy="Background")
+                    deleted.append(item.metadata.name)
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+        return deleted
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        try:
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    # --- reads --------------------------------------------------------------------------
+
+    def get_model_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def observe_job(self, namespace: str, name: str, plan_hash: str) -> JobObservation | None:
+        try:
+            job = self.batch.read_namespaced_job(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        pods = self.core.list_namespaced_pod(namespace, label_selector=f"job-name={name}").items
+        pod = max(pods, key=lambda p: p.metadata.creation_timestamp, default=None)
+        status = job.status
+        failed = next(
+            (c for c in status.conditions or [] if c.type == "Failed" and c.status == "True"), None
+        )
+        if status.succeeded:
+            step, result = _finished_step(pod, failed=False)
+            return JobObservation(name, plan_hash, "Succeeded", step, result)
+        if failed is not None:
+            step, result = _finished_step(pod, failed=True)
+            return JobObservation(
+                name, plan_hash, "Failed", step, result, failed.reason, failed.message
+            )
+        return JobObservation(name, plan_hash, "Running", _running_step(pod))
+
+    def job_duration(self, namespace: str, name: str) -> float | None:
+        try:
+            status = self.batch.read_namespaced_job(name, namespace).status
+        except ApiException:
+            return None
+        end = status.completion_time or _failed_at(status)
+        if status.start_time and end:
+            return (end - status.start_time).total_seconds()
+        return None
+
+    def observe_rollout(self, namespace: str, name: str) -> Rollout:
+        try:
+            deployment = self.apps.read_namespaced_deployment(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return Rollout()
+            raise
+        status = deployment.status
+        return Rollout(
+            exists=True,
+            replicas=deployment.spec.replicas or 0,
+            total=status.replicas or 0,
+            ready=status.ready_replicas or 0,
+            updated=status.updated_replicas or 0,
+            current=(status.observed_generation or 0) >= (deployment.metadata.generation or 0),
+        )
+
+
+def _selector(labels: dict[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in labels.items())
+
+
+def _statuses(pod: Any) -> list[Any]:
+    if pod is None:
+        return []
+    return [*(pod.status.init_container_statuses or []), *(pod.status.container_statuses or [])]
+
+
+def _running_step(pod: Any) -> str | None:
+    """The first step that has not finished well: the one running (or waiting to)."""
+    for container in _statuses(pod):
+        done = container.state and container.state.terminated
+        if not done or done.exit_code != 0:
+            return container.name
+    return None
+
+
+def _finished_step(pod: Any, failed: bool) -> tuple[str | None, dict[str, Any] | None]:
+    """The step whose termination message is the Job's result: the failing one, or the last."""
+    finished = [(c, c.state.terminated) for c in _statuses(pod) if c.state and c.state.terminated]
+    if failed:
+        finished = [(c, t) for c, t in finished if t.exit_code != 0]
+    if not finished:
+        return None, None
+    container, terminated = finished[0] if failed else finished[-1]
+    return container.name, parse_result(terminated.message)
+
+
+def parse_result(message: str | None) -> dict[str, Any] | None:
+    """The JSON result a step wrote; a log tail (the step crashed) becomes a plain message."""
+    if not message:
+        return None
+    try:
+        result = json.loads(message)
+    except ValueError:
+        return {"ok": False, "message": message.strip()[-500:]}
+    return result if isinstance(result, dict) else None
+
+
+def _failed_at(status: Any) -> datetime | None:
+    for condition in status.conditions or []:
+        if condition.type == "Failed" and condition.status == "True":
+            return condition.last_transition_time
+    return None

@@ -1,0 +1,336 @@
+"""Pydantic models of the ModelDeployment resource: spec (user input) and status (output)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from lorafuse.merger.plan import SOURCE_PATTERN, CombineMethod, OutputDtype, QuantMethod
+
+GROUP = "lorafuse.dev"
+VERSION = "v1alpha1"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+SINGULAR = "modeldeployment"
+SHORT_NAMES = ["mdep"]
+
+Phase = Literal["Pending", "Merging", "Validating", "Deploying", "Serving", "RolledBack", "Failed"]
+ServingMode = Literal["merged", "adapter"]
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+QUANTITY = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?|[mkMGTPE]|[eE][0-9]+)?$"
+
+
+class _Model(BaseModel):
+    """camelCase on the wire (Kubernetes style), snake_case in Python; unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", serialize_by_alias=True
+    )
+
+
+# --- spec -------------------------------------------------------------------------------
+
+
+class BaseModelSource(_Model):
+    source: str = Field(
+        pattern=SOURCE_PATTERN,
+        description="Where the base model lives: /path (on the model volume, mounted at "
+        "/models), pvc://claim/path or hf://org/name.",
+    )
+    revision: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Commit or tag for hf:// sources; pin it so the artifact is reproducible.",
+    )
+
+    @model_validator(mode="after")
+    def _revision_only_for_hub(self) -> BaseModelSource:
+        if self.revision and not self.source.startswith("hf://"):
+            raise ValueError("base.revision applies to hf:// sources only")
+        if self.revision and "@" in self.source:
+            raise ValueError("give the revision either in base.source (@rev) or base.revision")
+        return self
+
+
+class AdapterSpec(_Model):
+    name: str = Field(
+        pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
+        max_length=63,
+        description="Adapter name; in adapter serving the LoRA module is called this.",
+    )
+    source: str = Field(pattern=SOURCE_PATTERN, description="/path, pvc://claim/path or hf://…")
+    weight: float = Field(default=1.0, description="Scale of this adapter in the merge.")
+
+
+class CombineSpec(_Model):
+    method: CombineMethod = "linear"
+    density: float | None = Field(
+        default=None, gt=0, le=1, description="Fraction of weights kept (ties, dare_*)."
+    )
+    seed: int = Field(default=0, ge=0, description="Seed for DARE's random pruning.")
+
+
+class FileRef(_Model):
+    """A JSONL file given either as a ConfigMap key or as a path on the model volume."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["configMap"]}, {"required": ["path"]}]}
+    )
+
+    config_map: ConfigMapKey | None = None
+    path: str | None = Field(default=None, pattern=r"^/models/.+")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> FileRef:
+        if (self.config_map is None) == (self.path is None):
+            raise ValueError("give exactly one of configMap or path")
+        return self
+
+
+class ConfigMapKey(_Model):
+    name: str = Field(pattern=DNS_LABEL, max_length=253)
+    key: str = Field(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)
+
+
+class QuantizationSpec(_Model):
+    method: QuantMethod = "none"
+    calibration: FileRef | None = Field(
+        default=None, description="JSONL of {'text'} or {'prompt'} lines (awq, gptq)."
+    )
+    samples: int = Field(default=64, ge=1, le=65536)
+    seq_len: int = Field(default=512, ge=16, le=1_048_576)
+
+
+class ValidationSpec(_Model):
+    eval: FileRef | None = Field(
+        default=None, description="JSONL of {'prompt', 'expected'} lines to score the merge on."
+    )
+    max_delta: float = Field(
+        default=0.01, ge=0, description="Largest allowed score loss versus base + adapters."
+    )
+    max_new_tokens: int = Field(default=50, ge=1, le=4096)
+    min_token_agreement: float = Field(
+        default=0.5, ge=0, le=1, description="Below this, the merge is broken whatever the scores."
+    )
+    max_mean_kl: float = Field(
+        default=0.25, ge=0, description="Above this, the merge is broken whatever the scores."
+    )
+
+
+class GpuSpec(_Model):
+    resource_name: str = Field(default="nvidia.com/gpu", min_length=1)
+    count: int = Field(default=1, ge=0, le=64, description="GPUs per serving pod (0: none).")
+    type: str | None = Field(
+        default=None, description="GPU model for the serving tuner, e.g. H100-80GB."
+    )
+    memory_gib: float | None = Field(
+        default=None,
+        alias="memoryGiB",
+        gt=0,
+        le=4096,
+        description="Memory per GPU, when type is not known.",
+    )
+
+
+class ProbeSpec(_Model):
+    startup_timeout_seconds: int = Field(
+        default=1800,
+        ge=10,
+        description="How long vLLM may take to load the model before the pod is restarted.",
+    )
+    period_seconds: int = Field(default=10, ge=1, le=300)
+
+
+ModelLen = Annotated[int, Field(ge=16)] | Literal["auto"]
+NumSeqs = Annotated[int, Field(ge=1)] | Literal["auto"]
+
+
+class ServingSpec(_Model):
+    mode: ServingMode = Field(
+        default="merged", description="merged: serve the artifact; adapter: base + LoRA."
+    )
+    image: str = Field(default="vllm/vllm-openai:v0.11.0", min_length=1)
+    replicas: int = Field(default=1, ge=0, le=1000)
+    served_model_name: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?$",
+        max_length=253,
+        description="Model name clients ask for; defaults to the resource's name.",
+    )
+    gpu: GpuSpec = GpuSpec()
+    max_model_len: ModelLen = Field(
+        default="auto", description="auto (the tuner sizes it for the GPU) or a number."
+    )
+    max_num_seqs: NumSeqs = Field(
+        default="auto", description="auto (the tuner sizes it for the GPU) or a number."
+    )
+    target_context: int | None = Field(
+        default=None, ge=16, description="Context the tuner should aim for (auto mode)."
+    )
+    target_concurrency: int | None = Field(
+        default=None, ge=1, description="Concurrent sequences the tuner should aim for."
+    )
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64)
+    max_lora_rank: int = Field(
+        default=64, ge=1, le=512, description="Adapter mode: the largest adapter rank."
+    )
+    port: int = Field(default=8000, ge=1, le=65535)
+    extra_args: list[str] = Field(default_factory=list, description="Appended to vLLM's args.")
+    env: list[dict[str, Any]] = Field(
+        default_factory=list, description="Extra environment variables for vLLM."
+    )
+    resources: dict[str, Any] = Field(
+        default_factory=dict, description="Container resources (GPUs are added from gpu)."
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    probes: ProbeSpec = ProbeSpec()
+
+
+class RollbackSpec(_Model):
+    on_failure: bool = Field(
+        default=True,
+        description="Serve base + adapters when the merge or its validation fails.",
+    )
+
+
+class StorageSpec(_Model):
+    existing_claim: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=253,
+        description="Use this PersistentVolumeClaim (kept when the resource is deleted).",
+    )
+    size: str = Field(default="100Gi", pattern=QUANTITY)
+    storage_class_name: str | None = None
+    access_modes: list[Literal["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany"]] = Field(
+        default_factory=lambda: ["ReadWriteOnce"], min_length=1
+    )
+
+
+class JobSpec(_Model):
+    image: str | None = Field(default=None, description="Merger image; the operator's default.")
+    resources: dict[str, Any] = Field(default_factory=dict)
+    env: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Extra environment of the steps, e.g. HF_TOKEN from a Secret (valueFrom).",
+    )
+    backoff_limit: int = Field(default=1, ge=0, le=20)
+    active_deadline_seconds: int = Field(default=7200, ge=60)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ModelDeploymentSpec(_Model):
+    base: BaseModelSource
+    adapters: list[AdapterSpec] = Field(min_length=1, max_length=64)
+    combine: CombineSpec = CombineSpec()
+    dtype: OutputDtype = "auto"
+    quantization: QuantizationSpec = QuantizationSpec()
+    validation: ValidationSpec = ValidationSpec()
+    serving: ServingSpec = ServingSpec()
+    rollback: RollbackSpec = RollbackSpec()
+    storage: StorageSpec = StorageSpec()
+    job: JobSpec = JobSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelDeploymentSpec:
+        names = [adapter.name for adapter in self.adapters]
+        if len(set(names)) != len(names):
+            raise ValueError(f"adapter names must be unique, got {names}")
+        if self.combine.method != "linear" and self.combine.density is None:
+            raise ValueError(f"combine.density is required for {self.combine.method}")
+        if self.quantization.method in ("awq", "gptq") and self.quantization.calibration is None:
+            raise ValueError(f"quantization.calibration is required for {self.quantization.method}")
+        gpus = self.serving.gpu.count
+        if gpus and self.serving.tensor_parallel_size > gpus:
+            raise ValueError("serving.tensorParallelSize exceeds serving.gpu.count")
+        return self
+
+
+# --- status -----------------------------------------------------------------------------
+
+
+class Condition(_Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str | None = None  # Kubernetes' apply turns an empty string into null
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class ArtifactStatus(_Model):
+    name: str
+    path: str
+    digest: str | None = None
+    bytes: int | None = Field(default=None, ge=0)
+    quantization: str | None = None
+    plan_hash: str | None = Field(default=None, description="Content hash of the plan it is for.")
+
+
+class ValidationStatus(_Model):
+    passed: bool
+    score_candidate: float | None = None
+    score_reference: float | None = None
+    delta: float | None = None
+    token_agreement: float | None = None
+    mean_kl: float | None = None
+    max_logit_diff: float | None = None
+
+
+class ServingStatus(_Model):
+    mode: ServingMode | None = None
+    models: list[str] = Field(default_factory=list, description="Model names clients can use.")
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    why: str | None = None
+    endpoint: str | None = None
+    replicas: int | None = None
+    ready_replicas: int = 0
+    updated_replicas: int = 0
+
+
+class MergeStatus(_Model):
+    """The merge Job for the current plan and how it went."""
+
+    job: str
+    plan_hash: str
+    state: Literal["Running", "Succeeded", "Failed"]
+    step: str | None = None
+    reason: str | None = None
+    message: str | None = None
+
+
+class ModelDeploymentStatus(_Model):
+    phase: Phase = "Pending"
+    serving_mode: ServingMode | None = None
+    artifact: ArtifactStatus | None = None
+    provenance: dict[str, Any] | None = None
+    validation: ValidationStatus | None = None
+    model_shape: dict[str, Any] | None = Field(
+        default=None, description="Shape of the served model, as the serving tuner reads it."
+    )
+    merge: MergeStatus | None = None
+    serving: ServingStatus | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+
+
+class ModelDeployment(_Model):
+    """The whole resource, as `lorafuse render` reads it from a file."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["lorafuse.dev/v1alpha1"] = "lorafuse.dev/v1alpha1"
+    kind: Literal["ModelDeployment"] = "ModelDeployment"
+    metadata: dict[str, Any]
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus | None = None
+
+
+FileRef.model_rebuild()
