@@ -4,7 +4,8 @@
 
 Creates the model and adapter under the cache dir if missing (default
 ~/.cache/lorafuse/bench, or $LORAFUSE_BENCH_CACHE), runs each merge in a fresh process,
-alternating, and prints wall time and peak RSS, their medians and ratios; checks once that
+alternating (after one untimed warm-up round), and prints wall time, CPU time and peak RSS,
+their medians and the lorafuse/PEFT ratios; checks once that
 both outputs hold the same tensors (within bf16 rounding); then runs both merges again
 inside a memory cgroup limited to one third of the model's size (needs root).
 """
@@ -41,6 +42,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", type=Path, default=Path(default_cache).expanduser())
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed rounds first (page cache, first writes)"
+    )
     parser.add_argument("--skip-limited", action="store_true", help="no memory-limited run")
     parser.add_argument("--skip-compare", action="store_true", help="no tensor comparison")
     parser.add_argument("--peft-only", action="store_true", help="measure the PEFT baseline only")
@@ -107,16 +111,18 @@ def timed_rounds(args, base: Path, adapter: Path, runs_dir: Path) -> list[Measur
     """Alternate the merges, each in a fresh process; compare the outputs of round 1."""
     results: list[Measurement] = []
     warm_page_cache(base, adapter)
-    for round_no in range(1, args.rounds + 1):
-        print(f"round {round_no}/{args.rounds}", flush=True)
+    for round_no in range(1 - args.warmup, args.rounds + 1):
+        warmup = round_no < 1
+        print("warm-up (not counted)" if warmup else f"round {round_no}/{args.rounds}", flush=True)
         for label, command in merge_tools(args):
             out = runs_dir / label
             shutil.rmtree(out, ignore_errors=True)
             run = run_measured(label, command(base, adapter, out))
             show(run)
-            results.append(run)
             if not run.ok:
                 raise SystemExit(f"{label} failed (exit {run.returncode})")
+            if not warmup:
+                results.append(run)
         if round_no == 1 and not args.peft_only and not args.skip_compare:
             check_equal(runs_dir / "lorafuse", runs_dir / "peft", base)
             # Kept as the reference for the memory-limited run, out of the page cache.
@@ -175,7 +181,11 @@ def limited_runs(args, base: Path, adapter: Path, runs_dir: Path) -> list[Measur
         # Cold inputs: pages cached earlier are charged elsewhere and would be free here.
         evict_from_page_cache(base)
         evict_from_page_cache(adapter)
-        cgroup = MemoryCgroup(f"lorafuse-bench-{label}-{os.getpid()}", limit)
+        try:
+            cgroup = MemoryCgroup(f"lorafuse-bench-{label}-{os.getpid()}", limit)
+        except (OSError, RuntimeError) as exc:  # not root, or no memory controller
+            print(f"  memory-limited runs skipped: cannot create a memory cgroup ({exc})")
+            return results
         try:
             print(f"  {label}: {cgroup.describe()}", flush=True)
             run = run_measured(label, command(base, adapter, out), cgroup)

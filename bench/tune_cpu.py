@@ -43,11 +43,15 @@ def main() -> int:
                 f"{predicted.max_concurrency:,.2f} | {reported.max_concurrency:,.2f} | "
                 f"{diff:+.2%} |"
             )
-    print(f"KV budget VLLM_CPU_KVCACHE_SPACE={KV_BUDGET_GIB} GiB, block size 128; "
-          f"{len(CPU_SHAPES)} vLLM engine starts in {seconds:.0f} s")
+    print(
+        f"KV budget VLLM_CPU_KVCACHE_SPACE={KV_BUDGET_GIB} GiB, block size 128; "
+        f"{len(CPU_SHAPES)} vLLM engine starts in {seconds:.0f} s"
+    )
     print()
-    print("| shape | model | max_model_len | tuner tokens | vLLM tokens | tuner concurrency "
-          "| vLLM concurrency | difference |")
+    print(
+        "| shape | model | max_model_len | tuner tokens | vLLM tokens | tuner concurrency "
+        "| vLLM concurrency | difference |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
     return 0

@@ -30,14 +30,26 @@ from pathlib import Path
 MODELS = {
     # Llama-3.2-1B's shape (tied embeddings, head_dim 64).
     "small-1b": dict(
-        hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-        num_key_value_heads=8, head_dim=64, vocab_size=128256, max_position_embeddings=131072,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        vocab_size=128256,
+        max_position_embeddings=131072,
         tie_word_embeddings=True,
     ),
     # Llama-3-8B's shape.
     "medium-8b": dict(
-        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=8, head_dim=128, vocab_size=128256, max_position_embeddings=8192,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=128256,
+        max_position_embeddings=8192,
     ),
 }
 READY = "Application startup complete"
@@ -74,12 +86,23 @@ def build_model(name: str, out: Path) -> Path:
 def start_vllm(python: str, model: Path, args: list[str], log: Path, timeout: float) -> Start:
     """Start the OpenAI server, wait until it is ready or dies, then stop it."""
     seqs = int(args[args.index("--max-num-seqs") + 1])
-    command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-               "--port", "18321", "--host", "127.0.0.1", *args]
+    command = [
+        python,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model),
+        "--port",
+        "18321",
+        "--host",
+        "127.0.0.1",
+        *args,
+    ]
     began = time.monotonic()
     with log.open("w") as sink:
-        server = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        server = subprocess.Popen(
+            command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
         started = False
         while time.monotonic() - began < timeout and server.poll() is None:
             time.sleep(2)
@@ -97,9 +120,12 @@ def start_vllm(python: str, model: Path, args: list[str], log: Path, timeout: fl
     tokens, memory = KV_TOKENS.search(text), KV_MEMORY.search(text)
     error = None if started else _last_error(text)
     return Start(
-        max_num_seqs=seqs, started=started, seconds=round(time.monotonic() - began, 1),
+        max_num_seqs=seqs,
+        started=started,
+        seconds=round(time.monotonic() - began, 1),
         kv_tokens=int(tokens.group(1).replace(",", "")) if tokens else None,
-        kv_gib=float(memory.group(1)) if memory else None, error=error,
+        kv_gib=float(memory.group(1)) if memory else None,
+        error=error,
     )
 
 
@@ -120,15 +146,21 @@ def largest_seqs_that_start(python, model, args, out, first: Start, limit, start
     if good is None:
         return None, trials
     while bad is None and good * 2 <= limit and starts_left > 0:
-        trial = start_vllm(python, model, with_seqs(args, good * 2),
-                           out / f"{model.name}-seqs{good * 2}.log", timeout)
+        trial = start_vllm(
+            python,
+            model,
+            with_seqs(args, good * 2),
+            out / f"{model.name}-seqs{good * 2}.log",
+            timeout,
+        )
         trials.append(trial)
         starts_left -= 1
         good, bad = (good * 2, None) if trial.started else (good, good * 2)
     while bad is not None and bad - good > max(1, good // 8) and starts_left > 0:
         mid = (good + bad) // 2
-        trial = start_vllm(python, model, with_seqs(args, mid),
-                           out / f"{model.name}-seqs{mid}.log", timeout)
+        trial = start_vllm(
+            python, model, with_seqs(args, mid), out / f"{model.name}-seqs{mid}.log", timeout
+        )
         trials.append(trial)
         starts_left -= 1
         good, bad = (mid, bad) if trial.started else (good, mid)
@@ -158,30 +190,49 @@ def main() -> int:
         request = make_request(gpu=gpu_name, gpu_memory_gib=total_gib)
         result = tune(read_model_shape(model), request)
         args = result.vllm_args()
-        first = start_vllm(options.vllm_python, model, args, options.out / f"{name}.log",
-                           options.timeout)
-        largest, trials = largest_seqs_that_start(
-            options.vllm_python, model, args, options.out, first, options.seqs_limit,
-            options.starts_per_model - 1, options.timeout,
+        first = start_vllm(
+            options.vllm_python, model, args, options.out / f"{name}.log", options.timeout
         )
-        results.append({
-            "model": name, "gpu": gpu_name, "gpu_memory_gib": round(total_gib, 2),
-            "tuner": {"max_model_len": result.max_model_len, "max_num_seqs": result.max_num_seqs,
-                      "kv_cache_tokens": result.kv_cache_tokens,
-                      "kv_cache_gib": round(result.kv_cache_bytes_per_gpu / 2**30, 2)},
-            "vllm_args": args, "largest_max_num_seqs_started": largest,
-            "starts": [asdict(trial) for trial in trials],
-        })
+        largest, trials = largest_seqs_that_start(
+            options.vllm_python,
+            model,
+            args,
+            options.out,
+            first,
+            options.seqs_limit,
+            options.starts_per_model - 1,
+            options.timeout,
+        )
+        results.append(
+            {
+                "model": name,
+                "gpu": gpu_name,
+                "gpu_memory_gib": round(total_gib, 2),
+                "tuner": {
+                    "max_model_len": result.max_model_len,
+                    "max_num_seqs": result.max_num_seqs,
+                    "kv_cache_tokens": result.kv_cache_tokens,
+                    "kv_cache_gib": round(result.kv_cache_bytes_per_gpu / 2**30, 2),
+                },
+                "vllm_args": args,
+                "largest_max_num_seqs_started": largest,
+                "starts": [asdict(trial) for trial in trials],
+            }
+        )
         (options.out / "results.json").write_text(json.dumps(results, indent=2))
-    print("| model | GPU | tuner KV tokens | vLLM KV tokens | tuner KV GiB | vLLM KV GiB "
-          "| tuner max_num_seqs | largest that started |")
+    print(
+        "| model | GPU | tuner KV tokens | vLLM KV tokens | tuner KV GiB | vLLM KV GiB "
+        "| tuner max_num_seqs | largest that started |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for row in results:
         first = row["starts"][0]
-        print(f"| {row['model']} | {row['gpu']} ({row['gpu_memory_gib']} GiB) | "
-              f"{row['tuner']['kv_cache_tokens']:,} | {first['kv_tokens'] or 'failed'} | "
-              f"{row['tuner']['kv_cache_gib']} | {first['kv_gib'] or '-'} | "
-              f"{row['tuner']['max_num_seqs']} | {row['largest_max_num_seqs_started'] or 'none'} |")
+        print(
+            f"| {row['model']} | {row['gpu']} ({row['gpu_memory_gib']} GiB) | "
+            f"{row['tuner']['kv_cache_tokens']:,} | {first['kv_tokens'] or 'failed'} | "
+            f"{row['tuner']['kv_cache_gib']} | {first['kv_gib'] or '-'} | "
+            f"{row['tuner']['max_num_seqs']} | {row['largest_max_num_seqs_started'] or 'none'} |"
+        )
     return 0
 
 
