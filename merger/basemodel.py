@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorafuse.errors import UserError
+from lorafuse.merger.jsonfile import read_json
 from lorafuse.merger.shards import SafetensorsHeader, TensorEntry, read_header
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -53,7 +54,7 @@ def load_base(path: Path) -> BaseCheckpoint:
     if not path.is_dir():
         raise UserError(f"{path}: base model must be a directory")
     config_file = path / "config.json"
-    config = _read_config(config_file)
+    config = read_json(config_file, missing="missing (not a Hugging Face model directory)")
     _refuse_quantized(config_file, config)
     headers = [read_header(p) for p in _weight_files(path)]
     base = BaseCheckpoint(path, config, config_file, headers)
@@ -65,18 +66,6 @@ def load_base(path: Path) -> BaseCheckpoint:
             base.locations[name] = (header, entry)
     _inspect_modules(base)
     return base
-
-
-def _read_config(config_file: Path) -> dict:
-    try:
-        config = json.loads(config_file.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{config_file}: missing (not a Hugging Face model directory)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{config_file}: invalid JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise UserError(f"{config_file}: expected a JSON object")
-    return config
 
 
 def _refuse_quantized(config_file: Path, config: dict) -> None:

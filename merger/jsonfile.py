@@ -31,15 +31,20 @@ def write_json(path: Path, data: object) -> None:
         raise
 
 
-def read_json(path: Path) -> dict:
-    """A JSON object from `path`; a missing, unreadable or non-object file is a UserError."""
+def read_json(path: Path, missing: str = "not found") -> dict:
+    """A JSON object from `path`; a missing, unreadable or non-object file is a UserError.
+
+    `missing` says what a missing file means to the caller, e.g. "not a lorafuse artifact".
+    """
     path = Path(path)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"{path}: not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: unreadable ({exc})") from None
+        raise UserError(f"{path}: {missing}") from None
+    except OSError as exc:
+        raise UserError(f"{path}: unreadable ({exc.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: invalid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object")
     return data

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from lorafuse.errors import UserError
+from lorafuse.merger.jsonfile import read_json
 
 # Config keys vary by family; the first present (and not null) wins.
 _LAYERS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
@@ -130,17 +130,9 @@ def shape_from_config(
 
 
 def _read_json(path: Path, required: bool) -> dict[str, Any] | None:
-    if not path.is_file():
-        if required:
-            raise UserError(f"{path}: missing (a model directory needs config.json)")
+    if not required and not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return data
+    return read_json(path, missing="missing (a model directory needs config.json)")
 
 
 def _read_weight_sizes(directory: Path) -> WeightSizes:

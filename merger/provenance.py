@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lorafuse.errors import UserError
+from lorafuse.merger.jsonfile import read_json, write_json
 
 PROVENANCE_NAME = "lorafuse.json"
 _CHUNK = 16 * 1024 * 1024
@@ -30,32 +27,12 @@ def utc_now() -> str:
 
 
 def read_provenance(directory: Path) -> dict:
-    path = Path(directory) / PROVENANCE_NAME
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: missing (not a lorafuse artifact)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: unreadable ({exc})") from exc
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return data
+    return read_json(Path(directory) / PROVENANCE_NAME, missing="missing (not a lorafuse artifact)")
 
 
 def write_provenance(directory: Path, data: dict) -> None:
     """Write lorafuse.json atomically (temp file in the same directory, fsync, rename)."""
-    directory = Path(directory)
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{PROVENANCE_NAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, directory / PROVENANCE_NAME)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_json(Path(directory) / PROVENANCE_NAME, data)
 
 
 def update_provenance(directory: Path, **sections) -> dict:

@@ -215,6 +215,10 @@ class ControlPlane:
         return _http_ok(f"{self.server}/readyz", context=ctx, token=self.token)
 
     def _write_kubeconfig(self) -> None:
+        self.write_kubeconfig(self.kubeconfig, ADMIN_USER, self.token)
+
+    def write_kubeconfig(self, path: Path, user: str, token: str) -> Path:
+        """A kubeconfig for this server that authenticates as `user` with a bearer token."""
         assert self.pki is not None
         config = {
             "apiVersion": "v1",
@@ -228,12 +232,13 @@ class ControlPlane:
                     },
                 }
             ],
-            "users": [{"name": ADMIN_USER, "user": {"token": self.token}}],
-            "contexts": [{"name": "test", "context": {"cluster": "test", "user": ADMIN_USER}}],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": user}}],
             "current-context": "test",
         }
-        self.kubeconfig.write_text(yaml.safe_dump(config))
-        self.kubeconfig.chmod(0o600)
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
 
     def _start_controller_manager(self) -> None:
         assert self.pki is not None

@@ -155,7 +155,7 @@ def test_corrupt_safetensors_header_is_a_user_error(tmp_path):
 def test_invalid_config_json_is_a_user_error(tmp_path):
     model = write_model(tmp_path / "m", LLAMA)
     (model / "config.json").write_text("{not json")
-    with pytest.raises(UserError, match="not valid JSON"):
+    with pytest.raises(UserError, match="invalid JSON"):
         read_model_shape(model)
 
 

@@ -99,25 +99,7 @@ def service_account_kubeconfig(control_plane, namespace: str, path: Path) -> Pat
     account = core.read_namespaced_service_account(OPERATOR_ACCOUNT, namespace)
     secret = core.read_namespaced_secret(account.secrets[0].name, namespace)
     token = base64.b64decode(secret.data["token"]).decode()
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "test",
-                "cluster": {
-                    "server": control_plane.server,
-                    "certificate-authority": str(control_plane.ca_file),
-                },
-            }
-        ],
-        "users": [{"name": OPERATOR_ACCOUNT, "user": {"token": token}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": OPERATOR_ACCOUNT}}],
-        "current-context": "test",
-    }
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return path
+    return control_plane.write_kubeconfig(path, OPERATOR_ACCOUNT, token)
 
 
 class OperatorProcess:
