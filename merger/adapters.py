@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,14 +120,16 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_adapter(path: Path, name: str, allow_pickle: bool = False) -> Adapter:
-    """Read and check one adapter directory; every problem is a UserError naming the file."""
+def load_adapter(path: Path, name: str, allow_pickle: bool = False,
+                 sha256: Callable[[Path], str] = sha256_file) -> Adapter:
+    """Read and check one adapter directory; every problem is a UserError naming the file.
+    `sha256` hashes the weights file (e.g. FileHasher.digest, started earlier)."""
     if not path.is_dir():
         raise UserError(f"{path}: adapter directory not found")
     config_path = path / "adapter_config.json"
     config_bytes = _read_bytes(config_path, "adapter_config.json is missing")
     config = _parse_config(config_path, config_bytes)
-    weights_file, tensors, weights_sha = _load_weights(path, allow_pickle)
+    weights_file, tensors, weights_sha = _load_weights(path, allow_pickle, sha256)
     adapter = Adapter(
         name=name,
         path=path,
@@ -193,20 +196,21 @@ def _training_run(config: AdapterConfig) -> str | None:
     return None
 
 
-def _load_weights(path: Path, allow_pickle: bool) -> tuple[Path, dict[str, TensorRef], str]:
+def _load_weights(path: Path, allow_pickle: bool, sha256: Callable[[Path], str]
+                  ) -> tuple[Path, dict[str, TensorRef], str]:
     safetensors_path = path / SAFETENSORS_NAME
     if safetensors_path.is_file():
         # Only the header is kept; each tensor is read when its target is merged.
         header = read_header(safetensors_path)
         tensors = {name: TensorRef.in_file(header, entry) for name, entry in header.tensors.items()}
-        return safetensors_path, tensors, sha256_file(safetensors_path)
+        return safetensors_path, tensors, sha256(safetensors_path)
     pickle_path = path / PICKLE_NAME
     if pickle_path.is_file():
         if not allow_pickle:
             raise UserError(f"{pickle_path}: pickle weights are refused (they can run code); "
                             "convert to safetensors or pass --allow-pickle")
         tensors = {k: TensorRef.in_memory(k, v) for k, v in _load_pickle(pickle_path).items()}
-        return pickle_path, tensors, sha256_file(pickle_path)
+        return pickle_path, tensors, sha256(pickle_path)
     raise UserError(f"{path}: no {SAFETENSORS_NAME} (or {PICKLE_NAME}) in the adapter directory")
 
 

@@ -6,18 +6,18 @@ import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-# hashlib, file writes and torch kernels release the GIL, so these threads run in parallel.
+# File writes and torch kernels release the GIL, so these threads run in parallel.
 
 
 class OrderedIO:
-    """Background lanes for hash updates and file writes, each a thread running its tasks in
-    submission order (hashing and writing a large model take about as long as the merge).
+    """Background lanes for file writes, each a thread running its tasks in submission order
+    (writing a large model takes about as long as the merge).
 
     A buffer handed to tasks is 'fenced' until they ran; `wait(buffer)` blocks until the
     buffer may be overwritten. The first failure (e.g. a full disk) is raised by the next
     `submit`, `wait` or `drain`, and later tasks are skipped."""
 
-    LANES = ("hash", "write")
+    LANES = ("write",)
 
     def __init__(self) -> None:
         self._lanes = {

@@ -53,9 +53,17 @@ def _terminate(signum, _frame):
 
 
 def run(args: argparse.Namespace) -> int:
-    from lorafuse.merger.engine import MergeOptions, merge
+    from lorafuse.merger.file_hashes import FileHasher, merge_inputs
 
     signal.signal(signal.SIGTERM, _terminate)
+    # sha256 of the inputs (for lorafuse.json) runs on another core while torch is imported
+    hasher = FileHasher(merge_inputs(args.base.absolute(),
+                                     [a.absolute() for a in args.adapters]))
+    try:
+        from lorafuse.merger.engine import MergeOptions, merge
+    except BaseException:
+        hasher.close()
+        raise
     options = MergeOptions(
         base=args.base, adapters=args.adapters, out=args.out, weights=args.weights,
         combine=args.combine, density=args.density, seed=args.seed, dtype=args.dtype,
@@ -63,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
         adapter_names=args.names,
     )
     if args.names and len(args.names) != len(args.adapters):
+        hasher.close()
         raise UserError(f"--name: {len(args.names)} names for {len(args.adapters)} adapters")
-    result = merge(options)
+    result = merge(options, hasher)
     verb = "verified existing" if result.reused else "wrote"
     print(f"{verb} {result.out}: {result.tensors_merged} tensors merged")
     return 0

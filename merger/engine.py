@@ -18,6 +18,7 @@ from lorafuse.merger.atomic import staging_dir
 from lorafuse.merger.background import OrderedIO, RowPool, worker_count
 from lorafuse.merger.basemodel import INDEX_NAME, BaseCheckpoint, load_base
 from lorafuse.merger.combine import METHODS, RANDOM_METHODS
+from lorafuse.merger.file_hashes import FileHasher, merge_inputs
 from lorafuse.merger.plan_tensors import MergeLayout, plan_merge
 from lorafuse.merger.progress import Progress
 from lorafuse.merger.provenance import (
@@ -30,7 +31,7 @@ from lorafuse.merger.provenance import (
 )
 from lorafuse.merger.shards import (
     DTYPES,
-    HashedReader,
+    ShardReader,
     ShardWriter,
     plan_shards,
     shard_file_names,
@@ -143,21 +144,36 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def merge(options: MergeOptions) -> MergeResult:
-    """Merge the adapters into the base and publish the result atomically at options.out."""
-    checked = _check_options(options)
+def merge(options: MergeOptions, hasher: FileHasher | None = None) -> MergeResult:
+    """Merge the adapters into the base and publish the result atomically at options.out.
+
+    `hasher` may have started hashing the inputs (`merge_inputs`) before this was called;
+    it is closed on return."""
+    try:
+        checked = _check_options(options)
+        if hasher is None:
+            hasher = FileHasher(merge_inputs(checked.base, checked.adapters))
+        return _merge(options, checked, hasher)
+    finally:
+        if hasher is not None:
+            hasher.close()
+
+
+def _merge(options: MergeOptions, checked: _Checked, hasher: FileHasher) -> MergeResult:
     out = Path(options.out).absolute()
     if out.exists() or out.is_symlink():
-        return _reuse_existing(out, options, checked)
+        return _reuse_existing(out, options, checked, hasher)
     base = load_base(checked.base)
-    adapters = [load_adapter(path, name, options.allow_pickle)
+    adapters = [load_adapter(path, name, options.allow_pickle, hasher.digest)
                 for path, name in zip(checked.adapters, checked.names, strict=True)]
     layout = plan_merge(base, adapters, checked.weights, options.combine, options.dtype)
     log.info("merging %d adapter(s) into %s: %d of %d tensors change", len(adapters),
              base.path, layout.tensors_merged, len(layout.outputs))
     try:
         with staging_dir(out) as staging:
-            base_hashes, outputs = _write_weights(base, layout, staging, checked)
+            outputs = _write_weights(base, layout, staging, checked)
+            # the base shards were hashed beside the merge, each checked unchanged since
+            base_hashes = {h.path.name: hasher.digest(h.path) for h in base.headers}
             base_hashes.update(_write_other_files(base, layout, staging, outputs))
             provenance = _provenance(base, adapters, layout, options, checked, base_hashes,
                                      outputs)
@@ -181,8 +197,8 @@ def _disk_error(exc: OSError, out: Path) -> UserError | None:
 
 
 def _write_weights(base: BaseCheckpoint, layout: MergeLayout, staging: Path,
-                   checked: _Checked) -> tuple[dict[str, str], dict[str, int]]:
-    """Stream every base shard once, in file order: hash it, copy or merge each tensor."""
+                   checked: _Checked) -> dict[str, int]:
+    """Stream every base shard once, in file order: copy or merge each tensor."""
     io, pool = OrderedIO(), RowPool(worker_count())
     workspace = Workspace(checked.device, io, pool)
     try:
@@ -195,11 +211,10 @@ def _write_weights(base: BaseCheckpoint, layout: MergeLayout, staging: Path,
 
 
 def _stream(base: BaseCheckpoint, layout: MergeLayout, staging: Path, workspace: Workspace,
-            checked: _Checked) -> tuple[dict[str, str], dict[str, int]]:
+            checked: _Checked) -> dict[str, int]:
     shards = plan_shards(layout.outputs, checked.shard_bytes)
     names = shard_file_names(len(shards))
     pending = list(zip(names, shards, strict=True))
-    hashes: dict[str, str] = {}
     sizes: dict[str, int] = {}
     current: list[ShardWriter] = []
 
@@ -220,14 +235,13 @@ def _stream(base: BaseCheckpoint, layout: MergeLayout, staging: Path, workspace:
     try:
         with Progress(total, "merging") as progress:
             for header in base.headers:
-                reader = HashedReader(header, workspace.io)
+                reader = ShardReader(header, workspace.io)
                 try:
                     progress.advance(header.data_start)
                     for entry in header.in_file_order():
                         _emit(layout.by_source[entry.name], entry, reader, next_writer,
                               workspace, checked)
                         progress.advance(entry.nbytes)
-                    hashes[header.path.name] = reader.finish()
                 finally:
                     reader.close()
         if current:
@@ -242,7 +256,7 @@ def _stream(base: BaseCheckpoint, layout: MergeLayout, staging: Path, workspace:
         raise RuntimeError(f"{len(pending)} planned shards were not written")
     if len(shards) > 1:
         sizes[INDEX_NAME] = _write_index(staging, layout, shards, names)
-    return hashes, sizes
+    return sizes
 
 
 def _close_shard(writer: ShardWriter, sizes: dict[str, int]) -> None:
@@ -251,7 +265,7 @@ def _close_shard(writer: ShardWriter, sizes: dict[str, int]) -> None:
     log.debug("wrote %s", writer.path.name)
 
 
-def _emit(plans: list, entry, reader: HashedReader, next_writer, workspace: Workspace,
+def _emit(plans: list, entry, reader: ShardReader, next_writer, workspace: Workspace,
           checked: _Checked) -> None:
     """Write the output tensor(s) of one base tensor: raw bytes when nothing changes."""
     first = plans[0]
@@ -368,13 +382,14 @@ def _provenance(base: BaseCheckpoint, adapters: list[Adapter], layout: MergeLayo
     return deep_merge(data, options.extra_provenance or {})
 
 
-def _reuse_existing(out: Path, options: MergeOptions, checked: _Checked) -> MergeResult:
+def _reuse_existing(out: Path, options: MergeOptions, checked: _Checked,
+                    hasher: FileHasher) -> MergeResult:
     """An identical complete artifact is verified and kept; anything else is left untouched."""
     if not out.is_dir() or not (out / PROVENANCE_NAME).is_file():
         raise UserError(f"{out}: already exists and is not a lorafuse artifact; "
                         "refusing to overwrite it")
     recorded = read_provenance(out)
-    differences = _differences(recorded, out, options, checked)
+    differences = _differences(recorded, out, options, checked, hasher)
     if differences:
         raise UserError(f"{out}: already holds a different merge ({differences}); "
                         "remove it or choose another --out")
@@ -383,7 +398,8 @@ def _reuse_existing(out: Path, options: MergeOptions, checked: _Checked) -> Merg
     return MergeResult(out, True, int(merge_info.get("tensors_merged", 0)), 0, recorded)
 
 
-def _differences(recorded: dict, out: Path, options: MergeOptions, checked: _Checked) -> str:
+def _differences(recorded: dict, out: Path, options: MergeOptions, checked: _Checked,
+                 hasher: FileHasher) -> str:
     recipe = _recipe(options, checked)
     merge_info = recorded.get("merge") or {}
     stored = {
@@ -396,10 +412,10 @@ def _differences(recorded: dict, out: Path, options: MergeOptions, checked: _Che
     if changed:
         return "different " + ", ".join(changed)
     base_files = (recorded.get("base") or {}).get("files") or {}
-    if _changed_files(checked.base, base_files):
+    if _changed_files(checked.base, base_files, hasher):
         return f"base {checked.base} changed"
     for path, entry in zip(checked.adapters, recorded.get("adapters") or [], strict=False):
-        if _changed_files(path, entry.get("files") or {}):
+        if _changed_files(path, entry.get("files") or {}, hasher):
             return f"adapter {path} changed"
     for name, size in (merge_info.get("outputs") or {}).items():
         file = out / name
@@ -408,11 +424,11 @@ def _differences(recorded: dict, out: Path, options: MergeOptions, checked: _Che
     return "" if merge_info.get("outputs") else "no record of its output files"
 
 
-def _changed_files(directory: Path, files: dict[str, str]) -> bool:
+def _changed_files(directory: Path, files: dict[str, str], hasher: FileHasher) -> bool:
     if not files:
         return True
     for name, digest in files.items():
         path = directory / name
-        if not path.is_file() or sha256_file(path) != digest:
+        if not path.is_file() or hasher.digest(path) != digest:
             return True
     return False

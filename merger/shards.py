@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +12,7 @@ import torch
 
 from lorafuse.errors import UserError
 from lorafuse.merger.background import OrderedIO
+from lorafuse.merger.direct_file import OutputFile
 
 # safetensors dtype names <-> torch dtypes for the types a merge may decode.
 DTYPES: dict[str, torch.dtype] = {
@@ -38,7 +36,6 @@ ITEM_BYTES = {
 }
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 CHUNK_BYTES = 4 * 1024 * 1024
-WRITE_BUFFER_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -127,26 +124,21 @@ def _check_layout(header: SafetensorsHeader) -> None:
                         f"{header.data_start + position})")
 
 
-class HashedReader:
-    """Reads one safetensors file front to back, hashing every byte on the way (one pass).
+class ShardReader:
+    """Reads one safetensors file front to back (its sha256 is taken by a FileHasher).
 
-    Hash updates (and the writes of raw-copied bytes) run on OrderedIO's threads while this
-    thread reads on; a buffer is refilled only when its queued tasks are done."""
+    Writes of raw-copied bytes run on OrderedIO's write lane while this thread reads on; a
+    buffer is refilled only when its queued writes are done."""
 
     def __init__(self, header: SafetensorsHeader, io: OrderedIO):
         self.header = header
-        self.sha256 = hashlib.sha256()
         self._io = io
         self._handle = header.path.open("rb", buffering=0)
-        self._position = 0
+        self._handle.seek(header.data_start)
+        self._position = header.data_start
         size = min(CHUNK_BYTES, max(header.file_size, 1))
         self._chunk_buffers = (bytearray(size), bytearray(size))
         self._turn = 0
-        self._hash_bytes(header.data_start)
-
-    def _hash_bytes(self, count: int) -> None:
-        for buffer, chunk in self._chunks(count):
-            self._io.submit("hash", self.sha256.update, chunk, fence=buffer)
 
     def _chunks(self, count: int) -> Iterator[tuple[bytearray, memoryview]]:
         """The next `count` bytes in chunks, alternating between two buffers."""
@@ -177,7 +169,6 @@ class HashedReader:
         """Stream one tensor's bytes into `sink` without decoding them."""
         self._seek_to(entry)
         for buffer, chunk in self._chunks(entry.nbytes):
-            self._io.submit("hash", self.sha256.update, chunk, fence=buffer)
             sink.write(chunk, fence=buffer)
 
     def read(self, entry: TensorEntry, buffer: bytearray) -> memoryview:
@@ -187,15 +178,7 @@ class HashedReader:
         self._io.wait(buffer)
         view = memoryview(buffer)[: entry.nbytes]
         self._read_into(view)
-        self._io.submit("hash", self.sha256.update, view, fence=buffer)
         return view
-
-    def finish(self) -> str:
-        """Hash whatever is left and return the file's sha256."""
-        self._hash_bytes(self.header.file_size - self._position)
-        self._io.drain()
-        self.close()
-        return self.sha256.hexdigest()
 
     def close(self) -> None:
         self._handle.close()
@@ -317,14 +300,14 @@ class ShardWriter:
         self.path = path
         self._io = io
         self._pending = list(reversed(tensors))
-        self._handle = path.open("wb", buffering=WRITE_BUFFER_BYTES)
+        self._file = OutputFile(path)
         self.bytes_written = 0
         self._current: OutputTensor | None = None
         self._current_left = 0
         self.write(encode_header(tensors))
 
     def write(self, data, fence: object | None = None) -> None:
-        self._io.submit("write", self._handle.write, data, fence=fence)
+        self._io.submit("write", self._file.write, data, fence=fence)
         self.bytes_written += len(data)
 
     def begin(self, name: str) -> OutputTensor:
@@ -344,7 +327,7 @@ class ShardWriter:
         self.write(tensor_bytes(tensor), fence=fence)
         self._current_left = 0
 
-    def copy_from(self, name: str, reader: HashedReader, entry: TensorEntry) -> None:
+    def copy_from(self, name: str, reader: ShardReader, entry: TensorEntry) -> None:
         planned = self.begin(name)
         if planned.nbytes != entry.nbytes:
             raise RuntimeError(f"{name}: planned {planned.nbytes} bytes, source has {entry.nbytes}")
@@ -362,17 +345,8 @@ class ShardWriter:
         self._io.drain()
 
     def _finish(self) -> None:
-        try:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-        finally:
-            self.abort()
+        self._file.close()  # fsync'd before it returns
 
     def abort(self) -> None:
-        """Close the file whatever state it is in (its buffer may not fit a full disk)."""
-        if not self._handle.closed:
-            with contextlib.suppress(OSError):
-                self._handle.close()
-            if not self._handle.closed:  # close() raised before releasing the descriptor
-                with contextlib.suppress(OSError):
-                    os.close(self._handle.fileno())
+        """Close the file whatever state it is in (e.g. after a full disk)."""
+        self._file.abort()
