@@ -38,8 +38,11 @@ from lorafuse.merger.shards import (
     tensor_from_bytes,
 )
 from lorafuse.merger.tensor_merge import (
+    BlockedRows,
     CombineSettings,
     Workspace,
+    group_rows,
+    grouped,
     merge_tensor,
     reserve_for,
     torch_threads,
@@ -272,6 +275,9 @@ def _emit(plans: list, entry, reader: ShardReader, next_writer, workspace: Works
     if len(plans) == 1 and not first.changed and first.dtype == entry.dtype:
         next_writer().copy_from(first.name, reader, entry)
         return
+    if grouped(entry, plans, checked.settings, workspace.device):
+        _merge_in_groups(first, entry, reader, next_writer(), workspace)
+        return
     source = tensor_from_bytes(reader.read(entry, workspace.read_buffer(entry.nbytes)), entry)
     for plan in plans:
         if plan.changed:
@@ -280,6 +286,24 @@ def _emit(plans: list, entry, reader: ShardReader, next_writer, workspace: Works
             tensor, fence = workspace.out_tensor(plan.shape, DTYPES[plan.dtype])
             tensor.copy_(source)
         next_writer().write_tensor(plan.name, tensor, fence=fence)
+
+
+def _merge_in_groups(plan, entry, reader: ShardReader, writer: ShardWriter,
+                     workspace: Workspace) -> None:
+    """Read, merge and queue for writing a group of rows at a time."""
+    writer.begin(plan.name)
+    rows, cols = plan.shape
+    merged = BlockedRows(plan, DTYPES[entry.dtype], workspace)
+    row_bytes = cols * DTYPES[entry.dtype].itemsize
+    step = group_rows(cols)
+    for first in range(0, rows, step):
+        last = min(first + step, rows)
+        data = reader.read_part(entry, first * row_bytes, last * row_bytes,
+                                workspace.read_buffer((last - first) * row_bytes))
+        base = torch.frombuffer(data, dtype=DTYPES[entry.dtype]).view(last - first, cols)
+        out, fence = workspace.out_tensor((last - first, cols), merged.out_dtype)
+        merged.merge(first, base, out)
+        writer.write_part(out, fence=fence)
 
 
 def _write_index(staging: Path, layout: MergeLayout, shards, names) -> int:

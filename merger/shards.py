@@ -180,6 +180,17 @@ class ShardReader:
         self._read_into(view)
         return view
 
+    def read_part(self, entry: TensorEntry, start: int, stop: int,
+                  buffer: bytearray) -> memoryview:
+        """Bytes start..stop of one tensor (read in order, part after part) in `buffer`."""
+        target = self.header.data_start + entry.begin + start
+        if target != self._position or stop > entry.nbytes:
+            raise RuntimeError(f"tensors must be read in file order ({entry.name})")
+        self._io.wait(buffer)
+        view = memoryview(buffer)[: stop - start]
+        self._read_into(view)
+        return view
+
     def close(self) -> None:
         self._handle.close()
 
@@ -326,6 +337,18 @@ class ShardWriter:
                                f"got {tensor.dtype}{list(tensor.shape)}")
         self.write(tensor_bytes(tensor), fence=fence)
         self._current_left = 0
+
+    def write_part(self, tensor: torch.Tensor, fence: object | None = None) -> None:
+        """The next rows of the tensor begun with `begin` (all of its parts, in order)."""
+        planned = self._current
+        if DTYPE_NAMES.get(tensor.dtype) != planned.dtype or tensor.shape[1:] != planned.shape[1:]:
+            raise RuntimeError(f"{planned.name}: planned {planned.dtype}{list(planned.shape)}, "
+                               f"got rows {tensor.dtype}{list(tensor.shape)}")
+        data = tensor_bytes(tensor)
+        if len(data) > self._current_left:
+            raise RuntimeError(f"{planned.name}: more rows than planned")
+        self.write(data, fence=fence)
+        self._current_left -= len(data)
 
     def copy_from(self, name: str, reader: ShardReader, entry: TensorEntry) -> None:
         planned = self.begin(name)

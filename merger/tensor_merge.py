@@ -13,11 +13,14 @@ from lorafuse.merger.background import OrderedIO, RowPool
 from lorafuse.merger.combine import combine_task_vectors
 from lorafuse.merger.lora import add_bias, add_low_rank, apply_dora, delta
 from lorafuse.merger.plan_tensors import TensorPlan
-from lorafuse.merger.shards import DTYPES
+from lorafuse.merger.shards import DTYPES, FLOAT_DTYPES
 
 # Rows per block in the blocked CPU path: about 1 MiB of float32 per block stays in cache
 # while it is widened, updated and rounded.
 BLOCK_BYTES = 1 << 20
+# Rows per group when a large tensor is merged group by group (read, merge, write): about
+# 8 MiB of float32, so read and output buffers stay a few MiB whatever the tensor's size.
+GROUP_BYTES = 8 << 20
 
 
 @dataclass
@@ -150,6 +153,13 @@ def reserve_for(workspace: Workspace, plans_by_entry, settings: CombineSettings)
     for entry, plans in plans_by_entry:
         if len(plans) == 1 and not plans[0].changed and plans[0].dtype == entry.dtype:
             continue  # copied as raw bytes
+        if grouped(entry, plans, settings, workspace.device):
+            rows = min(plans[0].shape[0], group_rows(plans[0].shape[1]))
+            numel = rows * plans[0].shape[1]
+            read = max(read, numel * DTYPES[entry.dtype].itemsize)
+            out = max(out, numel * DTYPES[plans[0].dtype].itemsize)
+            block = max(block, plans[0].shape[1] * 4)
+            continue
         read = max(read, entry.nbytes)
         for plan in plans:
             numel = 1
@@ -173,38 +183,75 @@ def _merge_blocked(plan: TensorPlan, base: torch.Tensor, workspace: Workspace,
                    out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """W + sum(w_i s_i B_i A_i) a block of rows at a time (widen, add, check, round), the
     row ranges spread over the pool's threads."""
-    rows, cols = plan.shape
     out, fence = workspace.out_tensor(plan.shape, out_dtype)
-    factors = [(*c.factors(torch.device("cpu")), c.alpha) for c in plan.low_rank]
-    step = max(1, BLOCK_BYTES // (4 * max(cols, 1)))
-    blocks = [workspace.tensor((step, cols), torch.float32, f"block{i}")
-              for i in range(workspace.pool.workers)]
-    in_place = out_dtype == torch.float32  # nothing to round: update the output rows directly
-    check_range = not _rounding_cannot_overflow(base.dtype, out_dtype, factors)
-
-    def run(worker: int, start: int, stop: int) -> bool:
-        total = torch.zeros((), dtype=torch.float32)
-        in_range = True
-        for first in range(start, stop, step):
-            last = min(first + step, stop)
-            work = out[first:last] if in_place else blocks[worker][: last - first]
-            work.copy_(base[first:last])
-            for left, right, alpha in factors:
-                work.addmm_(left[first:last], right, alpha=alpha)
-            # a NaN or Inf anywhere makes the sum non-finite: far cheaper than isfinite()
-            total += work.sum()
-            if check_range:
-                low, high = torch.aminmax(work)
-                limit = torch.finfo(out_dtype).max
-                in_range = in_range and bool(low >= -limit) and bool(high <= limit)
-            if not in_place:
-                out[first:last].copy_(work)
-        return bool(torch.isfinite(total)) and in_range
-
-    if not all(workspace.pool.map_rows(rows, step, run)):
-        # a finite tensor whose sum overflowed gets the exact test
-        _check_finite(out, plan, f" (in {plan.dtype})")
+    rows = BlockedRows(plan, base.dtype, workspace)
+    rows.merge(0, base, out)
     return out, fence
+
+
+def block_rows(cols: int) -> int:
+    return max(1, BLOCK_BYTES // (4 * max(cols, 1)))
+
+
+def group_rows(cols: int) -> int:
+    """Rows per group: a multiple of the block rows, about GROUP_BYTES of float32."""
+    step = block_rows(cols)
+    return max(1, GROUP_BYTES // (4 * max(cols, 1)) // step) * step
+
+
+def grouped(entry, plans: list[TensorPlan], settings: CombineSettings,
+            device: torch.device) -> bool:
+    """One plain linear LoRA target of the base tensor's own shape and a float dtype: merged
+    group of rows by group of rows (BlockedRows), straight from the file."""
+    return (len(plans) == 1 and plans[0].changed and blockable(plans[0], settings, device)
+            and tuple(entry.shape) == tuple(plans[0].shape) and min(entry.shape) > 0
+            and entry.dtype in FLOAT_DTYPES)
+
+
+class BlockedRows:
+    """The blocked merge of one plain linear LoRA target, row range by row range: a large
+    tensor goes through in groups of rows, so no buffer has to hold all of it."""
+
+    def __init__(self, plan: TensorPlan, base_dtype: torch.dtype, workspace: Workspace):
+        self.plan = plan
+        self.workspace = workspace
+        self.out_dtype = DTYPES[plan.dtype]
+        self.cols = plan.shape[1]
+        self.factors = [(*c.factors(torch.device("cpu")), c.alpha) for c in plan.low_rank]
+        self.step = block_rows(self.cols)
+        self.check_range = not _rounding_cannot_overflow(base_dtype, self.out_dtype,
+                                                         self.factors)
+
+    def merge(self, offset: int, base: torch.Tensor, out: torch.Tensor) -> None:
+        """out = merged rows offset .. offset + len(base), rounded to the output dtype."""
+        workspace, cols, step = self.workspace, self.cols, self.step
+        blocks = [workspace.tensor((step, cols), torch.float32, f"block{i}")
+                  for i in range(workspace.pool.workers)]
+        in_place = self.out_dtype == torch.float32  # nothing to round: update `out` directly
+        factors, check_range, out_dtype = self.factors, self.check_range, self.out_dtype
+
+        def run(worker: int, start: int, stop: int) -> bool:
+            total = torch.zeros((), dtype=torch.float32)
+            in_range = True
+            for first in range(start, stop, step):
+                last = min(first + step, stop)
+                work = out[first:last] if in_place else blocks[worker][: last - first]
+                work.copy_(base[first:last])
+                for left, right, alpha in factors:
+                    work.addmm_(left[offset + first:offset + last], right, alpha=alpha)
+                # a NaN or Inf anywhere makes the sum non-finite: far cheaper than isfinite()
+                total += work.sum()
+                if check_range:
+                    low, high = torch.aminmax(work)
+                    limit = torch.finfo(out_dtype).max
+                    in_range = in_range and bool(low >= -limit) and bool(high <= limit)
+                if not in_place:
+                    out[first:last].copy_(work)
+            return bool(torch.isfinite(total)) and in_range
+
+        if not all(workspace.pool.map_rows(base.shape[0], step, run)):
+            # a finite tensor whose sum overflowed gets the exact test
+            _check_finite(out, self.plan, f" (in {self.plan.dtype})")
 
 
 def _rounding_cannot_overflow(base_dtype: torch.dtype, out_dtype: torch.dtype,
