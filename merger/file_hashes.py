@@ -1,82 +1,110 @@
-"""sha256 of a merge's input files on a background thread, started before the merge needs them."""
+"""sha256 of a merge's input files in a helper process, started before the merge needs them."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 from lorafuse.errors import UserError
 
-_CHUNK = 2 * 1024 * 1024
+_CHUNK = 4 * 1024 * 1024
+# The helper: hashes the files named on its command line in order, one result line each
+# ("ok HEX" or "error ERRNO MESSAGE"), flushed as soon as a file is done. A separate process
+# hashes at full speed beside the merge: a thread would queue for the GIL behind the import
+# of torch and the merge's own Python code between every chunk.
+_HELPER = """
+import hashlib, sys
+buffer = bytearray(CHUNK)
+view = memoryview(buffer)
+for path in sys.argv[1:]:
+    try:
+        digest = hashlib.sha256()
+        with open(path, "rb", buffering=0) as handle:
+            while got := handle.readinto(buffer):
+                digest.update(view[:got])
+        line = "ok " + digest.hexdigest()
+    except OSError as exc:
+        line = "error " + str(exc.errno or 0) + " " + str(exc.strerror)
+    print(line, flush=True)
+""".replace("CHUNK", str(_CHUNK))
 
 
-def _identity(path: Path) -> tuple[int, int, int, int]:
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
     """What changes when a file is rewritten or replaced: inode, device, size, mtime."""
-    stat = os.stat(path)
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
     return stat.st_ino, stat.st_dev, stat.st_size, stat.st_mtime_ns
 
 
 class FileHasher:
-    """Hashes files in the given order on one thread (hashlib and reads release the GIL, so
-    this runs beside imports and the merge). `digest(path)` waits for that file's hash and
-    checks that the file was not changed since hashing began (the merge reads it separately)."""
+    """Hashes files in the given order in a helper process. `digest(path)` waits for that
+    file's hash and checks that the file was not changed since hashing began (the merge
+    reads it separately); files not in the list are hashed on the spot."""
 
     def __init__(self, paths: list[Path]) -> None:
         self._order = [Path(p).absolute() for p in paths]
-        self._results: dict[Path, tuple[tuple, str] | BaseException] = {}
+        self._identities = {p: _identity(p) for p in self._order}
+        self._results: dict[Path, str] = {}
         self._done = threading.Condition()
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="lorafuse-sha256", daemon=True)
+        self._finished = False
+        self._process: subprocess.Popen | None = None
+        if self._order and sys.executable:
+            try:
+                self._process = subprocess.Popen(
+                    [sys.executable, "-I", "-S", "-c", _HELPER, *map(str, self._order)],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+            except OSError:
+                self._process = None
+        self._thread = threading.Thread(target=self._collect, name="lorafuse-sha256",
+                                        daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
-        buffer = bytearray(_CHUNK)
-        view = memoryview(buffer)
-        for path in self._order:
-            try:
-                result: tuple[tuple, str] | BaseException = self._hash(path, buffer, view)
-            except BaseException as exc:  # reported to whoever asks for this file
-                result = exc
+    def _collect(self) -> None:
+        try:
+            if self._process is not None:
+                for path, line in zip(self._order, self._process.stdout, strict=False):
+                    with self._done:
+                        self._results[path] = line.strip()
+                        self._done.notify_all()
+        finally:
             with self._done:
-                self._results[path] = result
+                self._finished = True
                 self._done.notify_all()
-                if self._stop:
-                    return
-
-    def _hash(self, path: Path, buffer: bytearray, view: memoryview) -> tuple[tuple, str]:
-        digest = hashlib.sha256()
-        with path.open("rb", buffering=0) as handle:
-            before = _identity(path)
-            while not self._stop and (got := handle.readinto(buffer)):
-                digest.update(view[:got])
-        return before, digest.hexdigest()
 
     def digest(self, path: Path) -> str:
-        """The file's sha256; hashed now if it was not in the list."""
+        """The file's sha256 (hex)."""
         path = Path(path).absolute()
-        if path not in self._order:
+        if path not in self._identities:
             return sha256_now(path)
         with self._done:
-            self._done.wait_for(lambda: path in self._results)
-            result = self._results[path]
-        if isinstance(result, BaseException):
-            raise result
-        identity, hexdigest = result
-        try:
-            changed = _identity(path) != identity
-        except OSError:
-            changed = True
-        if changed:
+            self._done.wait_for(lambda: path in self._results or self._finished)
+            result = self._results.get(path)
+        if result is None or not result.startswith(("ok ", "error ")):
+            hexdigest = sha256_now(path)  # the helper did not run or stopped early
+        elif result.startswith("error "):
+            _, number, message = result.split(" ", 2)
+            raise OSError(int(number), message, str(path))
+        else:
+            hexdigest = result[3:]
+        if _identity(path) != self._identities[path]:
             raise UserError(f"{path}: changed while the merge was reading it; run it again")
         return hexdigest
 
     def close(self) -> None:
-        """Stop hashing (the result of a file cut short is never handed out) and wait."""
-        with self._done:
-            self._stop = True
+        """Stop the helper if it is still hashing, and wait for it."""
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.kill()
+            self._process.wait()
         self._thread.join()
+        if self._process is not None:
+            self._process.stdout.close()
 
 
 def sha256_now(path: Path) -> str:
