@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 # File writes and torch kernels release the GIL, so these threads run in parallel.
@@ -95,3 +97,16 @@ class RowPool:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: importing torch and merging make few cycles, and
+    the collector would walk torch's many long-lived objects again and again."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -53,6 +53,7 @@ def _terminate(signum, _frame):
 
 
 def run(args: argparse.Namespace) -> int:
+    from lorafuse.merger.background import collector_paused
     from lorafuse.merger.file_hashes import FileHasher, merge_inputs
 
     signal.signal(signal.SIGTERM, _terminate)
@@ -60,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     hasher = FileHasher(merge_inputs(args.base.absolute(),
                                      [a.absolute() for a in args.adapters]))
     try:
-        from lorafuse.merger.engine import MergeOptions, merge
+        with collector_paused():  # importing torch makes many objects and little garbage
+            from lorafuse.merger.engine import MergeOptions, merge
     except BaseException:
         hasher.close()
         raise

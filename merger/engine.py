@@ -15,7 +15,7 @@ from lorafuse import __version__
 from lorafuse.errors import UserError
 from lorafuse.merger.adapters import TOKENIZER_FILES, Adapter, load_adapter
 from lorafuse.merger.atomic import staging_dir
-from lorafuse.merger.background import OrderedIO, RowPool, worker_count
+from lorafuse.merger.background import OrderedIO, RowPool, collector_paused, worker_count
 from lorafuse.merger.basemodel import INDEX_NAME, BaseCheckpoint, load_base
 from lorafuse.merger.combine import METHODS, RANDOM_METHODS
 from lorafuse.merger.file_hashes import FileHasher, merge_inputs
@@ -156,7 +156,8 @@ def merge(options: MergeOptions, hasher: FileHasher | None = None) -> MergeResul
         checked = _check_options(options)
         if hasher is None:
             hasher = FileHasher(merge_inputs(checked.base, checked.adapters))
-        return _merge(options, checked, hasher)
+        with collector_paused():
+            return _merge(options, checked, hasher)
     finally:
         if hasher is not None:
             hasher.close()
