@@ -147,3 +147,24 @@ def test_trained_biases_match_peft(tiny_base, tiny_adapter, tmp_path, h):
     adapter = h.perturb_adapter(saved, tmp_path / "adapter", ".bias")
     ours = merge_and_compare(base, adapter, tmp_path / "out", h)
     assert "transformer.h.1.mlp.c_proj.bias" in h.changed_keys(ours, h.load_output(base))
+
+
+def test_tensors_merged_in_several_row_groups_match_peft(tiny_base, tiny_adapter, tmp_path, h,
+                                                         monkeypatch):
+    from lorafuse.merger import tensor_merge
+
+    # blocks of a few rows and groups of a few blocks (uneven), as a large model's tensors get
+    monkeypatch.setattr(tensor_merge, "BLOCK_BYTES", 4 * 64 * 3)
+    monkeypatch.setattr(tensor_merge, "GROUP_BYTES", 4 * 64 * 7)
+    groups = []
+    merge_rows = tensor_merge.BlockedRows.merge
+
+    def counted(self, offset, base, out):
+        groups.append((self.plan.name, offset))
+        return merge_rows(self, offset, base, out)
+
+    monkeypatch.setattr(tensor_merge.BlockedRows, "merge", counted)
+    base = tiny_base("llama")
+    adapter = tiny_adapter(base, target_modules="all-linear")
+    merge_and_compare(base, adapter, tmp_path / "out", h)
+    assert len(groups) > 2 * len({name for name, _ in groups})
