@@ -44,6 +44,17 @@ def _bind(mount, held_source):
         _mount(None, mount["target"], MS_REMOUNT | MS_BIND | MS_RDONLY)
 
 
+def _is_within(path, parent):
+    return os.path.commonpath([path, parent]) == parent
+
+
+def _restore(path, held_source, mounts):
+    """Bind `path` back over a volume mounted on one of its parents (the node's own code)."""
+    if any(_is_within(path, mount["target"]) for mount in mounts):
+        os.makedirs(path, exist_ok=True)
+        _mount(held_source, path, MS_BIND | MS_REC, shown_source=path)
+
+
 def _fail(spec, message, error_dir=None):
     name = spec["start_error_file"]
     if error_dir is not None:  # the path may be hidden by a volume mounted over a parent
@@ -65,8 +76,11 @@ def main():
         # dir is under /tmp) would otherwise hide them from the mounts that follow.
         error_dir = os.open(os.path.dirname(spec["start_error_file"]), os.O_PATH | os.O_DIRECTORY)
         held = [os.open(mount["source"], os.O_PATH) for mount in spec["mounts"]]
+        kept = [os.open(path, os.O_PATH) for path in spec["keep_visible"]]
         for mount, fd in zip(spec["mounts"], held, strict=True):
             _bind(mount, f"/proc/self/fd/{fd}")
+        for path, fd in zip(spec["keep_visible"], kept, strict=True):
+            _restore(path, f"/proc/self/fd/{fd}", spec["mounts"])
         os.makedirs(spec["cwd"], exist_ok=True)
         os.chdir(spec["cwd"])
     except OSError as exc:

@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 MOUNTEXEC = Path(__file__).with_name("mountexec.py")
 UNSHARE = shutil.which("unshare") or "unshare"
+# The code that mapped images run (this checkout, the interpreter's prefix) stays visible
+# in a container even when a pod mounts a volume over a parent of it, e.g. an emptyDir at /tmp
+# while the checkout lives under /tmp.
+KEEP_VISIBLE = sorted({str(Path(__file__).resolve().parents[2]), sys.prefix})
 MESSAGE_LIMIT = 4096  # the kubelet's cap on a termination message
 FALLBACK_LOG_LINES, FALLBACK_LOG_BYTES = 80, 2048
 RETRY_SECONDS = 1.0
@@ -356,6 +360,7 @@ class PodRunner:
                     "argv": launch.argv,
                     "env": env,
                     "start_error_file": str(start_error),
+                    "keep_visible": KEEP_VISIBLE,
                 }
             )
         )

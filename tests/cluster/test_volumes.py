@@ -100,3 +100,24 @@ def test_pod_waits_for_its_missing_claim(core, namespace, node):
     )
     pod = wait_for_phase(core, namespace, "patient", "Succeeded", "Failed")
     assert pod.status.phase == "Succeeded"
+
+
+def test_a_volume_over_the_checkouts_parent_keeps_the_code_visible(core, namespace, node):
+    checkout = Path(__file__).resolve().parents[2]
+    marker = checkout.parent / f"written-in-{namespace}"
+    script = (
+        "import lorafuse\n"
+        f"open({str(marker)!r}, 'w').write('x')\n"
+        "open('/dev/termination-log', 'w').write(lorafuse.__name__)\n"
+    )
+    manifest = python_pod(
+        "shadowed",
+        script,
+        volumes=[{"name": "scratch", "emptyDir": {}}],
+        container={"volumeMounts": [{"name": "scratch", "mountPath": str(checkout.parent)}]},
+    )
+    core.create_namespaced_pod(namespace, manifest)
+
+    pod = wait_for_phase(core, namespace, "shadowed", "Succeeded", "Failed")
+    assert termination_message(pod) == "lorafuse"
+    assert not marker.exists()  # the write went to the emptyDir, not to the host folder
