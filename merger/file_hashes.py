@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import threading
 from pathlib import Path
 
 from lorafuse.errors import UserError
+from lorafuse.merger.provenance import sha256_file
 
 _CHUNK = 4 * 1024 * 1024
 # The helper: hashes the files named on its command line in order, one result line each
@@ -81,12 +81,12 @@ class FileHasher:
         """The file's sha256 (hex)."""
         path = Path(path).absolute()
         if path not in self._identities:
-            return sha256_now(path)
+            return sha256_file(path)
         with self._done:
             self._done.wait_for(lambda: path in self._results or self._finished)
             result = self._results.get(path)
         if result is None or not result.startswith(("ok ", "error ")):
-            hexdigest = sha256_now(path)  # the helper did not run or stopped early
+            hexdigest = sha256_file(path)  # the helper did not run or stopped early
         elif result.startswith("error "):
             _, number, message = result.split(" ", 2)
             raise OSError(int(number), message, str(path))
@@ -106,15 +106,6 @@ class FileHasher:
         if self._process is not None:
             self._process.stdout.close()
 
-
-def sha256_now(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb", buffering=0) as handle:
-        buffer = bytearray(_CHUNK)
-        view = memoryview(buffer)
-        while got := handle.readinto(buffer):
-            digest.update(view[:got])
-    return digest.hexdigest()
 
 
 def merge_inputs(base: Path, adapters: list[Path]) -> list[Path]:
