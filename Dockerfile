@@ -13,8 +13,10 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# src/lorafuse/{merger,serving,operator} are links to these top-level folders.
 COPY src/ src/
 COPY merger/ merger/
+COPY serving/ serving/
 COPY operator/ operator/
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 

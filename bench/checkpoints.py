@@ -91,7 +91,7 @@ def _shard_plan(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, max_shar
 def _write_model_configs(out: Path, shape: LlamaShape) -> None:
     from transformers import GenerationConfig, LlamaConfig
 
-    from lorafuse.merger.tiny import train_tokenizer
+    from lorafuse.merger.demo.tiny import train_tokenizer
 
     config = LlamaConfig(
         hidden_size=shape.hidden,

@@ -12,11 +12,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from lorafuse.merger.vllm_cpu import (
+# The vLLM-on-CPU harness is test code (tests/serving/), not part of the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lorafuse.serving.local import find_vllm_python
+from tests.serving.vllm_cpu import (  # noqa: E402
     CPU_SHAPES,
     KV_BUDGET_GIB,
     build_models,
-    find_vllm_python,
     run_vllm,
     tuner_prediction,
 )

@@ -72,7 +72,7 @@ def build_model(name: str, out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lorafuse.merger.tiny import tiny_config, train_tokenizer
+    from lorafuse.merger.demo.tiny import tiny_config, train_tokenizer
 
     target = out / name
     if not (target / "config.json").exists():
@@ -179,7 +179,7 @@ def main() -> int:
 
     import torch
 
-    from lorafuse.merger.tuning import make_request, read_model_shape, tune
+    from lorafuse.serving.tuning import make_request, read_model_shape, tune
 
     options.out.mkdir(parents=True, exist_ok=True)
     gpu_name = torch.cuda.get_device_name(0)

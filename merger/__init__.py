@@ -1,1 +1,3 @@
-"""The merge engine and everything else that touches weights; imports no Kubernetes code."""
+"""The merge Job's work: weight files, the merge, the pipeline steps, the demo.
+
+Imports no Kubernetes code."""

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from lorafuse.merger.plan import MergePlan
+from lorafuse.merger.pipeline.plan import MergePlan
 from lorafuse.operator import naming
 from lorafuse.operator.sizing import Sizing
 from lorafuse.operator.spec import GROUP, KIND, VERSION, ModelDeploymentSpec, ServingMode

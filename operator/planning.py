@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lorafuse.merger.manifest import plan_from_spec
-from lorafuse.merger.plan import MergePlan
+from lorafuse.merger.pipeline.manifest import plan_from_spec
+from lorafuse.merger.pipeline.plan import MergePlan
 from lorafuse.operator import naming
 from lorafuse.operator.spec import ModelDeploymentSpec
 

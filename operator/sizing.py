@@ -31,7 +31,7 @@ def size_serving(
         return Sizing(
             explicit_len, explicit_seqs, "model shape not known yet: vLLM's defaults for auto"
         )
-    from lorafuse.merger.tuning import ModelShape, TuneRequest, tune
+    from lorafuse.serving.tuning import ModelShape, TuneRequest, tune
 
     adapters = mode == "adapter"
     request = TuneRequest(

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from lorafuse.merger.plan import SOURCE_PATTERN, CombineMethod, OutputDtype, QuantMethod
+from lorafuse.merger.pipeline.plan import SOURCE_PATTERN, CombineMethod, OutputDtype, QuantMethod
 
 GROUP = "lorafuse.dev"
 VERSION = "v1alpha1"

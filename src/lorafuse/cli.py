@@ -13,16 +13,16 @@ from lorafuse.errors import UserError, ValidationFailed
 # name -> (module, help). Each module defines `configure(parser)` and `run(args) -> int`.
 # Heavy modules (torch, kubernetes) are imported only for the command that needs them.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "crd": ("lorafuse.operator.cli_crd", "print the ModelDeployment CRD (and kopf's peering CRDs)"),
-    "render": ("lorafuse.operator.cli_render", "print the objects a ModelDeployment would get"),
-    "operator": ("lorafuse.operator.cli_operator", "run the ModelDeployment operator"),
-    "merge": ("lorafuse.merger.cli_merge", "merge LoRA adapters into their base model"),
-    "demo": ("lorafuse.merger.cli_demo", "build a tiny model and adapter, merge, compare"),
-    "tune": ("lorafuse.merger.cli_tune", "size vLLM's max_model_len and max_num_seqs for a GPU"),
-    "quantize": ("lorafuse.merger.cli_quantize", "quantize a model (AWQ, GPTQ W4A16, FP8 dynamic)"),
-    "validate": ("lorafuse.merger.cli_validate", "check a merged/quantized model against PEFT"),
-    "job": ("lorafuse.merger.cli_job", "run one step of the merge Job, or verify an artifact"),
-    "run": ("lorafuse.merger.cli_run", "execute a ModelDeployment manifest locally, no cluster"),
+    "crd": ("lorafuse.commands.crd", "print the ModelDeployment CRD (and kopf's peering CRDs)"),
+    "render": ("lorafuse.commands.render", "print the objects a ModelDeployment would get"),
+    "operator": ("lorafuse.commands.operator", "run the ModelDeployment operator"),
+    "merge": ("lorafuse.commands.merge", "merge LoRA adapters into their base model"),
+    "demo": ("lorafuse.commands.demo", "build a tiny model and adapter, merge, compare"),
+    "tune": ("lorafuse.commands.tune", "size vLLM's max_model_len and max_num_seqs for a GPU"),
+    "quantize": ("lorafuse.commands.quantize", "quantize a model (AWQ, GPTQ W4A16, FP8 dynamic)"),
+    "validate": ("lorafuse.commands.validate", "check a merged/quantized model against PEFT"),
+    "job": ("lorafuse.commands.job", "run one step of the merge Job, or verify an artifact"),
+    "run": ("lorafuse.commands.run", "execute a ModelDeployment manifest locally, no cluster"),
 }
 
 

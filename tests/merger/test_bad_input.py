@@ -11,6 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.merger.helpers import assert_close, load_output, merge_cli, peft_merged
+
 
 def tree_digest(*roots: Path) -> dict[str, str]:
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -26,11 +28,11 @@ def inputs(tiny_base, tiny_adapter, tmp_path):
     return base, adapter
 
 
-def fails_cleanly(h, capsys, base, adapters, out, *extra, expect: str, names: Path) -> str:
+def fails_cleanly(capsys, base, adapters, out, *extra, expect: str, names: Path) -> str:
     """Exit 2, a single stderr line containing `expect` and the file name, nothing at out."""
     before = tree_digest(base, *adapters) if base.exists() else {}
     capsys.readouterr()
-    assert h.merge_cli(base, adapters, out, *extra) == 2
+    assert merge_cli(base, adapters, out, *extra) == 2
     stderr = capsys.readouterr().err
     err = [line for line in stderr.splitlines() if "error" in line.lower()]
     assert len(err) == 1 and err[0].startswith("lorafuse merge: error: "), stderr
@@ -43,28 +45,28 @@ def fails_cleanly(h, capsys, base, adapters, out, *extra, expect: str, names: Pa
     return err[0]
 
 
-def test_adapter_for_another_base_is_a_shape_mismatch(inputs, tiny_base, tiny_adapter,
-                                                      tmp_path, h, capsys):
+def test_adapter_for_another_base_is_a_shape_mismatch(inputs, tiny_base, tiny_adapter, tmp_path,
+                                                      capsys):
     base, _ = inputs
     other = tiny_adapter(tiny_base("llama", hidden_size=32, intermediate_size=64),
                          target_modules=["q_proj"])
-    line = fails_cleanly(h, capsys, base, [other], tmp_path / "out", expect="shape",
+    line = fails_cleanly(capsys, base, [other], tmp_path / "out", expect="shape",
                          names=other / "adapter_model.safetensors")
     assert "[64, 64]" in line and "[32, 32]" in line
 
 
-def test_target_module_missing_from_base(inputs, tiny_base, tiny_adapter, tmp_path, h, capsys):
+def test_target_module_missing_from_base(inputs, tiny_base, tiny_adapter, tmp_path, capsys):
     base, _ = inputs
     gpt2_adapter = tiny_adapter(tiny_base("gpt2"), target_modules=["c_attn"])
-    fails_cleanly(h, capsys, base, [gpt2_adapter], tmp_path / "out",
+    fails_cleanly(capsys, base, [gpt2_adapter], tmp_path / "out",
                   expect="'transformer.h.0.attn.c_attn.weight', which the base model does not",
                   names=gpt2_adapter / "adapter_model.safetensors")
 
 
-def test_missing_adapter_config(inputs, tmp_path, h, capsys):
+def test_missing_adapter_config(inputs, tmp_path, capsys):
     base, adapter = inputs
     (adapter / "adapter_config.json").unlink()
-    fails_cleanly(h, capsys, base, [adapter], tmp_path / "out", expect="missing",
+    fails_cleanly(capsys, base, [adapter], tmp_path / "out", expect="missing",
                   names=adapter / "adapter_config.json")
 
 
@@ -73,10 +75,10 @@ def test_missing_adapter_config(inputs, tmp_path, h, capsys):
     ('{"r": 8}', "no peft_type"),
     ('{"peft_type": "LORA", "r": "eight"}', "invalid field 'r'"),
 ])
-def test_invalid_adapter_config(content, expect, inputs, tmp_path, h, capsys):
+def test_invalid_adapter_config(content, expect, inputs, tmp_path, capsys):
     base, adapter = inputs
     (adapter / "adapter_config.json").write_text(content)
-    fails_cleanly(h, capsys, base, [adapter], tmp_path / "out", expect=expect,
+    fails_cleanly(capsys, base, [adapter], tmp_path / "out", expect=expect,
                   names=adapter / "adapter_config.json")
 
 
@@ -85,68 +87,68 @@ def truncate(path: Path, keep: float = 0.6) -> None:
     path.write_bytes(data[: int(len(data) * keep)])
 
 
-def test_truncated_base_weights(inputs, tmp_path, h, capsys):
+def test_truncated_base_weights(inputs, tmp_path, capsys):
     base, adapter = inputs
     truncate(base / "model.safetensors")
-    fails_cleanly(h, capsys, base, [adapter], tmp_path / "out", expect="truncated",
+    fails_cleanly(capsys, base, [adapter], tmp_path / "out", expect="truncated",
                   names=base / "model.safetensors")
 
 
-def test_corrupt_base_header(inputs, tmp_path, h, capsys):
+def test_corrupt_base_header(inputs, tmp_path, capsys):
     base, adapter = inputs
     path = base / "model.safetensors"
     data = bytearray(path.read_bytes())
     data[8:16] = b"\xff\xfe garbage"[:8]
     path.write_bytes(bytes(data))
-    fails_cleanly(h, capsys, base, [adapter], tmp_path / "out", expect="corrupt", names=path)
+    fails_cleanly(capsys, base, [adapter], tmp_path / "out", expect="corrupt", names=path)
 
 
-def test_truncated_adapter_weights(inputs, tmp_path, h, capsys):
+def test_truncated_adapter_weights(inputs, tmp_path, capsys):
     base, adapter = inputs
     truncate(adapter / "adapter_model.safetensors")
-    fails_cleanly(h, capsys, base, [adapter], tmp_path / "out", expect="truncated",
+    fails_cleanly(capsys, base, [adapter], tmp_path / "out", expect="truncated",
                   names=adapter / "adapter_model.safetensors")
 
 
-def test_missing_base_path(inputs, tmp_path, h, capsys):
+def test_missing_base_path(inputs, tmp_path, capsys):
     _, adapter = inputs
     missing = tmp_path / "no-such-model"
-    fails_cleanly(h, capsys, missing, [adapter], tmp_path / "out", expect="not found",
+    fails_cleanly(capsys, missing, [adapter], tmp_path / "out", expect="not found",
                   names=missing)
 
 
-def test_out_that_is_not_an_artifact_is_left_alone(inputs, tmp_path, h, capsys):
+def test_out_that_is_not_an_artifact_is_left_alone(inputs, tmp_path, capsys):
     base, adapter = inputs
     out = tmp_path / "precious"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    assert h.merge_cli(base, [adapter], out) == 2
+    assert merge_cli(base, [adapter], out) == 2
     err = capsys.readouterr().err
     assert "not a lorafuse artifact" in err and str(out) in err
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
     assert (out / "notes.txt").read_text() == "keep me"
 
 
-def test_pickle_adapter_is_refused_without_allow_pickle(inputs, tmp_path, h, capsys):
+def test_pickle_adapter_is_refused_without_allow_pickle(inputs, tmp_path, capsys):
     base, adapter = inputs
     weights = adapter / "adapter_model.safetensors"
     torch.save(load_file(weights), adapter / "adapter_model.bin")
     weights.unlink()
-    fails_cleanly(h, capsys, base, [adapter], tmp_path / "out", expect="--allow-pickle",
+    fails_cleanly(capsys, base, [adapter], tmp_path / "out", expect="--allow-pickle",
                   names=adapter / "adapter_model.bin")
 
 
-def test_pickle_adapter_loads_with_allow_pickle(inputs, tmp_path, h):
+def test_pickle_adapter_loads_with_allow_pickle(inputs, tmp_path):
     base, adapter = inputs
-    expected = h.peft_merged(base, adapter)
+    expected = peft_merged(base, adapter)
     weights = adapter / "adapter_model.safetensors"
     torch.save(load_file(weights), adapter / "adapter_model.bin")
     weights.unlink()
-    assert h.merge_cli(base, [adapter], tmp_path / "out", "--allow-pickle") == 0
-    h.assert_close(h.load_output(tmp_path / "out"), expected)
+    assert merge_cli(base, [adapter], tmp_path / "out", "--allow-pickle") == 0
+    assert_close(load_output(tmp_path / "out"), expected)
 
 
-def test_pickle_with_code_is_refused_even_with_allow_pickle(inputs, tmp_path, h, capsys):
+def test_pickle_with_code_is_refused_even_with_allow_pickle(inputs, tmp_path, capsys):
     import pickle
 
     class Exploit:
@@ -156,60 +158,60 @@ def test_pickle_with_code_is_refused_even_with_allow_pickle(inputs, tmp_path, h,
     base, adapter = inputs
     (adapter / "adapter_model.safetensors").unlink()
     (adapter / "adapter_model.bin").write_bytes(pickle.dumps({"x": Exploit()}))
-    line = fails_cleanly(h, capsys, base, [adapter], tmp_path / "out", "--allow-pickle",
+    line = fails_cleanly(capsys, base, [adapter], tmp_path / "out", "--allow-pickle",
                          expect="weights_only=True", names=adapter / "adapter_model.bin")
     assert "pwned" not in line
 
 
 @pytest.mark.parametrize("method", ["bitsandbytes", "gptq", "awq", "compressed-tensors"])
-def test_quantized_base_is_refused(method, inputs, tmp_path, h, capsys):
+def test_quantized_base_is_refused(method, inputs, tmp_path, capsys):
     base, adapter = inputs
     config = json.loads((base / "config.json").read_text())
     config["quantization_config"] = {"quant_method": method, "bits": 4}
     (base / "config.json").write_text(json.dumps(config))
-    line = fails_cleanly(h, capsys, base, [adapter], tmp_path / "out", expect="unquantized",
+    line = fails_cleanly(capsys, base, [adapter], tmp_path / "out", expect="unquantized",
                          names=base / "config.json")
     assert method in line
 
 
-def test_non_finite_merge_is_refused(inputs, tmp_path, h, capsys):
+def test_non_finite_merge_is_refused(inputs, tmp_path, capsys):
     base, adapter = inputs
     path = adapter / "adapter_model.safetensors"
     tensors = load_file(path)
     key = next(k for k in tensors if "layers.1.self_attn.v_proj.lora_B" in k)
     tensors[key][0, 0] = float("inf")
     save_file(tensors, path, metadata={"format": "pt"})
-    line = fails_cleanly(h, capsys, base, [adapter], tmp_path / "out", expect="not finite",
+    line = fails_cleanly(capsys, base, [adapter], tmp_path / "out", expect="not finite",
                          names="model.layers.1.self_attn.v_proj.weight")
     assert "adapter" in line
 
 
-def test_unknown_adapter_key_is_refused(inputs, tmp_path, h, capsys):
+def test_unknown_adapter_key_is_refused(inputs, tmp_path, capsys):
     base, adapter = inputs
     path = adapter / "adapter_model.safetensors"
     tensors = load_file(path)
     tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_C.weight"] = torch.ones(2, 2)
     save_file(tensors, path, metadata={"format": "pt"})
-    fails_cleanly(h, capsys, base, [adapter], tmp_path / "out", expect="lora_C", names=path)
+    fails_cleanly(capsys, base, [adapter], tmp_path / "out", expect="lora_C", names=path)
 
 
-def test_adapter_key_matching_nothing_names_key_and_file(inputs, tmp_path, h, capsys):
+def test_adapter_key_matching_nothing_names_key_and_file(inputs, tmp_path, capsys):
     base, adapter = inputs
     path = adapter / "adapter_model.safetensors"
     tensors = load_file(path)
     renamed = {k.replace("layers.0.self_attn.q_proj", "layers.0.self_attn.q_projx"): v
                for k, v in tensors.items()}
     save_file(renamed, path, metadata={"format": "pt"})
-    fails_cleanly(h, capsys, base, [adapter], tmp_path / "out",
+    fails_cleanly(capsys, base, [adapter], tmp_path / "out",
                   expect="model.layers.0.self_attn.q_projx.weight", names=path)
 
 
-def test_overflow_when_rounding_to_float16_is_refused(inputs, tmp_path, h, capsys):
+def test_overflow_when_rounding_to_float16_is_refused(inputs, tmp_path, capsys):
     base, adapter = inputs
     path = adapter / "adapter_model.safetensors"
     tensors = load_file(path)
     key = next(k for k in tensors if "layers.0.self_attn.q_proj.lora_B" in k)
     tensors[key] = tensors[key] * 1e6  # finite in float32, far beyond float16's 65504
     save_file(tensors, path, metadata={"format": "pt"})
-    fails_cleanly(h, capsys, base, [adapter], tmp_path / "out", "--dtype", "float16",
+    fails_cleanly(capsys, base, [adapter], tmp_path / "out", "--dtype", "float16",
                   expect="not finite", names="model.layers.0.self_attn.q_proj.weight")

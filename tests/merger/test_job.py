@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from lorafuse.cli import main
-from lorafuse.merger.digest import artifact_digest
-from lorafuse.merger.job import fit_result
-from lorafuse.merger.plan import MergePlan
+from lorafuse.merger.files.digest import artifact_digest
+from lorafuse.merger.pipeline.job import fit_result
+from lorafuse.merger.pipeline.plan import MergePlan
+from tests.merger.helpers import tree_state
 
 STEPS = ("fetch", "merge", "validate", "publish")
 
@@ -79,13 +80,13 @@ def test_published_provenance_carries_the_validation(published):
     assert provenance["plan"]["content_hash"] == plan.content_hash()
 
 
-def test_repeated_steps_change_nothing(published, volume, pipe):
+def test_repeated_steps_change_nothing(published, volume):
     _plan, plan_file, result_file, _codes = published
     first_result = result_file.read_text()
-    before = pipe.tree_state(volume)
+    before = tree_state(volume)
     codes = run_all(plan_file, result_file)
     assert codes == [0, 0, 0, 0]
-    assert pipe.tree_state(volume) == before
+    assert tree_state(volume) == before
     assert json.loads(result_file.read_text()) == json.loads(first_result)
 
 
@@ -128,7 +129,7 @@ def test_quantized_plan_publishes_the_quantized_model(pipeline_models, volume, t
 def test_a_crash_while_publishing_leaves_nothing_published(
     pipeline_models, volume, tmp_path, monkeypatch
 ):
-    from lorafuse.merger import job
+    from lorafuse.merger.pipeline import job
 
     plan_file, result_file = tmp_path / "plan.json", tmp_path / "result.json"
     plan = write_plan(plan_file, pipeline_models, volume)
@@ -171,7 +172,7 @@ def test_a_killed_merge_leaves_no_merge_behind_and_the_step_resumes(
 # Runs the merge step and SIGKILLs itself once the first output shard is being written.
 KILL_DURING_MERGE = """
 import os, signal, sys
-from lorafuse.merger import shards
+from lorafuse.merger.files import shards
 original = shards.ShardWriter.__init__
 def die(self, *args, **kwargs):
     original(self, *args, **kwargs)

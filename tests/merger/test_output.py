@@ -9,9 +9,17 @@ import sys
 
 import torch
 
-from lorafuse.merger.engine import MergeOptions, merge
-from lorafuse.merger.provenance import read_provenance, update_provenance
-from lorafuse.merger.shards import read_header
+from lorafuse.merger.engine.merge import MergeOptions, merge
+from lorafuse.merger.engine.provenance import read_provenance, update_provenance
+from lorafuse.merger.files.shards import read_header
+from tests.merger.helpers import (
+    load_output,
+    merge_cli,
+    model_logits,
+    output_config,
+    peft_logits,
+    peft_merged,
+)
 
 IDS = torch.tensor([[1, 5, 9, 44, 120, 7]])
 
@@ -24,27 +32,26 @@ def raw_tensor_bytes(path, name) -> bytes:
         return handle.read(entry.nbytes)
 
 
-def test_small_shard_size_writes_an_index_transformers_loads(tiny_base, tiny_adapter, tmp_path,
-                                                             h):
+def test_small_shard_size_writes_an_index_transformers_loads(tiny_base, tiny_adapter, tmp_path):
     base = tiny_base("llama")
     adapter = tiny_adapter(base, target_modules="all-linear")
     out = tmp_path / "out"
-    assert h.merge_cli(base, [adapter], out, "--shard-size", "100KB") == 0
+    assert merge_cli(base, [adapter], out, "--shard-size", "100KB") == 0
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(out.glob("model-*-of-*.safetensors"))
     assert len(shards) > 3 and set(index["weight_map"].values()) == {p.name for p in shards}
     assert all(p.stat().st_size < 100_000 + 20_000 for p in shards)
     assert index["metadata"]["total_size"] == sum(
         e.nbytes for p in shards for e in read_header(p).tensors.values())
-    torch.testing.assert_close(h.model_logits(out, IDS), h.peft_logits(base, adapter, IDS),
+    torch.testing.assert_close(model_logits(out, IDS), peft_logits(base, adapter, IDS),
                                rtol=1e-4, atol=1e-5)
 
 
-def test_untouched_tensors_are_byte_identical(tiny_base, tiny_adapter, tmp_path, h):
+def test_untouched_tensors_are_byte_identical(tiny_base, tiny_adapter, tmp_path):
     base = tiny_base("qwen2", dtype=torch.bfloat16)
     adapter = tiny_adapter(base, target_modules=["q_proj"])
     out = tmp_path / "out"
-    assert h.merge_cli(base, [adapter], out) == 0
+    assert merge_cli(base, [adapter], out) == 0
     names = read_header(base / "model.safetensors").tensors
     untouched = [n for n in names if "q_proj" not in n]
     assert len(untouched) > 10
@@ -53,27 +60,26 @@ def test_untouched_tensors_are_byte_identical(tiny_base, tiny_adapter, tmp_path,
             base / "model.safetensors", name), name
 
 
-def test_dtype_option_converts_every_float_tensor(tiny_base, tiny_adapter, tmp_path, h):
+def test_dtype_option_converts_every_float_tensor(tiny_base, tiny_adapter, tmp_path):
     base = tiny_base("llama")
     adapter = tiny_adapter(base, target_modules=["q_proj"])
     out = tmp_path / "out"
-    assert h.merge_cli(base, [adapter], out, "--dtype", "bfloat16") == 0
-    ours = h.load_output(out)
+    assert merge_cli(base, [adapter], out, "--dtype", "bfloat16") == 0
+    ours = load_output(out)
     assert {t.dtype for t in ours.values()} == {torch.bfloat16}
-    assert h.output_config(out)["dtype"] == "bfloat16"
-    expected = h.peft_merged(base, adapter)
+    assert output_config(out)["dtype"] == "bfloat16"
+    expected = peft_merged(base, adapter)
     for name, tensor in ours.items():
         assert torch.equal(tensor, expected[name].to(torch.bfloat16)), name
 
 
-def test_output_carries_config_generation_tokenizer_and_template(tiny_base, tiny_adapter,
-                                                                  tmp_path, h):
+def test_output_carries_config_generation_tokenizer_and_template(tiny_base, tiny_adapter, tmp_path):
     from transformers import AutoTokenizer
 
     base = tiny_base("llama")
     adapter = tiny_adapter(base, target_modules=["q_proj"])
     out = tmp_path / "out"
-    assert h.merge_cli(base, [adapter], out) == 0
+    assert merge_cli(base, [adapter], out) == 0
     for name in ("config.json", "generation_config.json", "tokenizer.json",
                  "tokenizer_config.json", "chat_template.jinja"):
         assert (out / name).is_file(), name
@@ -107,10 +113,10 @@ def test_provenance_records_inputs_and_recipe(tiny_base, tiny_adapter, tmp_path)
     assert record["created"].endswith("Z") and record["lorafuse_version"]
 
 
-def test_update_provenance_replaces_sections(tiny_base, tiny_adapter, tmp_path, h):
+def test_update_provenance_replaces_sections(tiny_base, tiny_adapter, tmp_path):
     base = tiny_base("llama")
     adapter = tiny_adapter(base, target_modules=["q_proj"])
-    assert h.merge_cli(base, [adapter], tmp_path / "out") == 0
+    assert merge_cli(base, [adapter], tmp_path / "out") == 0
     update_provenance(tmp_path / "out", validation={"passed": True, "delta": 0.0})
     record = read_provenance(tmp_path / "out")
     assert record["validation"] == {"passed": True, "delta": 0.0}
@@ -124,7 +130,7 @@ def test_peak_memory_does_not_grow_with_model_size(medium_model, tmp_path):
     base, adapter = medium_model
     script = (
         "import resource, sys\n"
-        "from lorafuse.merger.engine import MergeOptions, merge\n"
+        "from lorafuse.merger.engine.merge import MergeOptions, merge\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         f"merge(MergeOptions(base={str(base)!r}, adapters=[{str(adapter)!r}], "
         f"out={str(tmp_path / 'out')!r}))\n"

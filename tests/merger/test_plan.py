@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from lorafuse.merger.plan import MergePlan
+from lorafuse.merger.pipeline.plan import MergePlan
 
 
 def make_plan(**overrides) -> MergePlan:

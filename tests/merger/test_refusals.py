@@ -7,6 +7,8 @@ import shutil
 
 import pytest
 
+from tests.merger.helpers import assert_close, load_output, merge_cli, peft_merged, perturb_adapter
+
 
 def with_config(adapter, target, **changes):
     copy = shutil.copytree(adapter, target)
@@ -25,59 +27,59 @@ def with_config(adapter, target, **changes):
     ({"alora_invocation_tokens": [5, 6]}, "activated LoRA"),
 ], ids=["moe-target-parameters", "not-lora", "pissa", "olora", "layer-replication", "alora"])
 def test_unmergeable_config_is_refused_by_name(changes, named, tiny_base, tiny_adapter, tmp_path,
-                                               h, capsys):
+                                               capsys):
     base = tiny_base("llama")
     adapter = with_config(tiny_adapter(base, target_modules=["q_proj"]), tmp_path / "a", **changes)
-    assert h.merge_cli(base, [adapter], tmp_path / "out") == 2
+    assert merge_cli(base, [adapter], tmp_path / "out") == 2
     err = capsys.readouterr().err
     assert named in err and str(adapter / "adapter_config.json") in err
     assert not (tmp_path / "out").exists()
 
 
-def test_two_dora_adapters_on_one_layer_are_refused(tiny_base, tiny_adapter, tmp_path, h, capsys):
+def test_two_dora_adapters_on_one_layer_are_refused(tiny_base, tiny_adapter, tmp_path, capsys):
     base = tiny_base("llama")
     first = tiny_adapter(base, seed=2, target_modules=["q_proj"], use_dora=True)
     second = tiny_adapter(base, seed=3, target_modules=["q_proj", "v_proj"], use_dora=True)
-    assert h.merge_cli(base, [first, second], tmp_path / "out") == 2
+    assert merge_cli(base, [first, second], tmp_path / "out") == 2
     err = capsys.readouterr().err
     assert "several DoRA adapters on one layer" in err and "q_proj" in err
     assert not (tmp_path / "out").exists()
 
 
-def test_dora_with_a_weight_is_refused(tiny_base, tiny_adapter, tmp_path, h, capsys):
+def test_dora_with_a_weight_is_refused(tiny_base, tiny_adapter, tmp_path, capsys):
     base = tiny_base("llama")
     adapter = tiny_adapter(base, seed=2, target_modules=["q_proj"], use_dora=True)
-    assert h.merge_cli(base, [adapter], tmp_path / "out", "--weights", "0.5") == 2
+    assert merge_cli(base, [adapter], tmp_path / "out", "--weights", "0.5") == 2
     assert "DoRA" in capsys.readouterr().err
 
 
-def test_dora_and_lora_on_different_layers_merge(tiny_base, tiny_adapter, tmp_path, h):
+def test_dora_and_lora_on_different_layers_merge(tiny_base, tiny_adapter, tmp_path):
     base = tiny_base("llama")
     dora = tiny_adapter(base, seed=2, target_modules=["q_proj"], use_dora=True)
     lora = tiny_adapter(base, seed=3, target_modules=["v_proj"])
-    assert h.merge_cli(base, [dora, lora], tmp_path / "out") == 0
-    ours = h.load_output(tmp_path / "out")
-    by_dora, by_lora = h.peft_merged(base, dora), h.peft_merged(base, lora)
-    h.assert_close({k: v for k, v in ours.items() if "q_proj" in k}, by_dora)
-    h.assert_close({k: v for k, v in ours.items() if "v_proj" in k}, by_lora)
+    assert merge_cli(base, [dora, lora], tmp_path / "out") == 0
+    ours = load_output(tmp_path / "out")
+    by_dora, by_lora = peft_merged(base, dora), peft_merged(base, lora)
+    assert_close({k: v for k, v in ours.items() if "q_proj" in k}, by_dora)
+    assert_close({k: v for k, v in ours.items() if "v_proj" in k}, by_lora)
 
 
 def test_two_adapters_replacing_one_layer_differently_are_refused(tiny_base, tiny_adapter,
-                                                                 tmp_path, h, capsys):
+                                                                  tmp_path, capsys):
     base = tiny_base("llama")
     saved = tiny_adapter(base, target_modules=["q_proj"], modules_to_save=["lm_head"])
-    first = h.perturb_adapter(saved, tmp_path / "a", "lm_head.weight", seed=1)
-    second = h.perturb_adapter(saved, tmp_path / "b", "lm_head.weight", seed=2)
-    assert h.merge_cli(base, [first, second], tmp_path / "out") == 2
+    first = perturb_adapter(saved, tmp_path / "a", "lm_head.weight", seed=1)
+    second = perturb_adapter(saved, tmp_path / "b", "lm_head.weight", seed=2)
+    assert merge_cli(base, [first, second], tmp_path / "out") == 2
     err = capsys.readouterr().err
     assert "lm_head.weight is replaced by both a and b" in err
     assert not (tmp_path / "out").exists()
 
 
 def test_overlapping_trainable_tokens_of_two_adapters_are_refused(tiny_base, tiny_adapter,
-                                                                  tmp_path, h, capsys):
+                                                                  tmp_path, capsys):
     base = tiny_base("llama")
     first = tiny_adapter(base, seed=2, target_modules=["q_proj"], trainable_token_indices=[3, 7])
     second = tiny_adapter(base, seed=3, target_modules=["v_proj"], trainable_token_indices=[7])
-    assert h.merge_cli(base, [first, second], tmp_path / "out") == 2
+    assert merge_cli(base, [first, second], tmp_path / "out") == 2
     assert "overlap ([7])" in capsys.readouterr().err

@@ -7,6 +7,8 @@ import warnings
 import pytest
 import torch
 
+from tests.merger.helpers import assert_close, load_output, merge_cli, output_config
+
 NEW_TOKENS = ["<ticket>", "</ticket>", "<refund>", "<invoice>", "<agent>"]
 
 
@@ -15,7 +17,7 @@ def build_resized_adapter(base, out, modules_to_save, target_modules):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lorafuse.merger.tiny import randomize_lora
+    from lorafuse.merger.demo.tiny import randomize_lora
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     tokenizer.add_tokens(NEW_TOKENS)
@@ -52,14 +54,14 @@ def peft_resized_merge(base, adapter, vocab):
     (["embed_tokens", "lm_head"], ["q_proj"]),
     (None, ["embed_tokens", "lm_head", "q_proj"]),
 ], ids=["modules_to_save", "lora_with_saved_embeddings"])
-def test_resized_vocabulary_follows_the_adapter(save, targets, tiny_base, tmp_path, h):
+def test_resized_vocabulary_follows_the_adapter(save, targets, tiny_base, tmp_path):
     from transformers import AutoTokenizer
 
     base = tiny_base("llama")
     adapter, vocab = build_resized_adapter(base, tmp_path / "adapter", save, targets)
-    assert h.merge_cli(base, [adapter], tmp_path / "out") == 0
-    ours = h.load_output(tmp_path / "out")
+    assert merge_cli(base, [adapter], tmp_path / "out") == 0
+    ours = load_output(tmp_path / "out")
     assert ours["model.embed_tokens.weight"].shape[0] == vocab == 384 + len(NEW_TOKENS)
-    assert h.output_config(tmp_path / "out")["vocab_size"] == vocab
+    assert output_config(tmp_path / "out")["vocab_size"] == vocab
     assert len(AutoTokenizer.from_pretrained(tmp_path / "out")) == vocab
-    h.assert_close(ours, peft_resized_merge(base, adapter, vocab))
+    assert_close(ours, peft_resized_merge(base, adapter, vocab))

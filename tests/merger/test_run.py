@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lorafuse.cli import main
-from lorafuse.merger.manifest import plan_from_spec
+from lorafuse.merger.pipeline.manifest import plan_from_spec
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -56,7 +56,7 @@ def test_fp8_example_publishes_a_quantized_artifact(models_root, capsys):
 
 @pytest.mark.vllm
 def test_example_is_served_by_vllm_then_stopped(models_root, capsys):
-    from lorafuse.merger.vllm_cpu import find_vllm_python
+    from lorafuse.serving.local import find_vllm_python
 
     if find_vllm_python() is None:
         pytest.skip("vLLM CPU venv absent: run scripts/vllm-venv.sh or set LORAFUSE_VLLM_PYTHON")

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from lorafuse.errors import UserError
-from lorafuse.merger.plan import MergePlan
-from lorafuse.merger.sources import resolve_source
+from lorafuse.merger.pipeline.plan import MergePlan
+from lorafuse.merger.pipeline.sources import resolve_source
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

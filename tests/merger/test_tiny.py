@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lorafuse.merger.tiny import build_adapter, build_tiny_model
+from lorafuse.merger.demo.tiny import build_adapter, build_tiny_model
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "phi3"])

@@ -59,7 +59,7 @@ def test_correct_merge_passes_without_an_eval_set(pipeline_models, capsys):
 def test_weighted_adapters_are_checked_against_their_linear_combination(
     pipeline_models, tiny_adapter, tmp_path, capsys
 ):
-    from lorafuse.merger.engine import MergeOptions, merge
+    from lorafuse.merger.engine.merge import MergeOptions, merge
 
     second = tiny_adapter(pipeline_models.base, seed=5, target_modules=["q_proj", "v_proj"])
     weights = [1.0, -0.7]

@@ -260,3 +260,27 @@ def post_json(port: int, path: str, body: dict[str, Any]) -> Any:
     )
     with urllib.request.urlopen(request, timeout=120) as response:
         return json.loads(response.read())
+
+
+# --- the ModelDeployment the lifecycle tests start from -----------------------------------
+
+NAME = "support-bot"
+
+
+def tiny_spec(**changes) -> dict:
+    spec = {
+        "base": {"source": "/models/base"},
+        "adapters": [{"name": "support", "source": "/models/adapters/support"}],
+        "storage": {"existingClaim": "models"},
+        "job": {"backoffLimit": 0},
+        "serving": {
+            "image": FAKE_VLLM_IMAGE,
+            "gpu": {"count": 0},
+            "maxModelLen": 128,
+            "maxNumSeqs": 4,
+            "probes": {"periodSeconds": 1},
+        },
+    }
+    for section, values in changes.items():
+        spec[section] = {**spec.get(section, {}), **values} if isinstance(values, dict) else values
+    return spec

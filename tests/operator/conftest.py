@@ -45,7 +45,7 @@ def crds(control_plane):
 @pytest.fixture(scope="session")
 def tiny_sources(tmp_path_factory):
     """A tiny base model and one adapter for it, laid out as on the model volume."""
-    from lorafuse.merger.tiny import build_adapter, build_tiny_model
+    from lorafuse.merger.demo.tiny import build_adapter, build_tiny_model
 
     root = tmp_path_factory.mktemp("model-volume")
     # head_dim 32: vLLM's CPU attention has no kernel for the default 16

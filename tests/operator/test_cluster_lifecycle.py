@@ -10,35 +10,15 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from tests.operator.cluster import (
-    FAKE_VLLM_IMAGE,
+    NAME,
     ModelDeployments,
     condition,
     get_json,
     ready_pod,
     register_images,
+    tiny_spec,
     wait_for,
 )
-
-NAME = "support-bot"
-
-
-def tiny_spec(**changes) -> dict:
-    spec = {
-        "base": {"source": "/models/base"},
-        "adapters": [{"name": "support", "source": "/models/adapters/support"}],
-        "storage": {"existingClaim": "models"},
-        "job": {"backoffLimit": 0},
-        "serving": {
-            "image": FAKE_VLLM_IMAGE,
-            "gpu": {"count": 0},
-            "maxModelLen": 128,
-            "maxNumSeqs": 4,
-            "probes": {"periodSeconds": 1},
-        },
-    }
-    for section, values in changes.items():
-        spec[section] = {**spec.get(section, {}), **values} if isinstance(values, dict) else values
-    return spec
 
 
 @pytest.fixture

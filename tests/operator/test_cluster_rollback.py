@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import kubernetes
 
-from tests.operator.cluster import ModelDeployments, condition, get_json, ready_pod, register_images
-from tests.operator.test_cluster_lifecycle import NAME, tiny_spec
+from tests.operator.cluster import (
+    NAME,
+    ModelDeployments,
+    condition,
+    get_json,
+    ready_pod,
+    register_images,
+    tiny_spec,
+)
 
 # Merged in bfloat16, the model's next-token distributions move a little away from base +
 # adapters (float32); a limit of zero KL refuses any move, the default allows this one.

@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 
 from tests.operator.cluster import (
+    NAME,
     REAL_VLLM_IMAGE,
     ModelDeployments,
     post_json,
     ready_pod,
     real_vllm,
     register_images,
+    tiny_spec,
 )
-from tests.operator.test_cluster_lifecycle import NAME, tiny_spec
 
 pytestmark = pytest.mark.vllm
 

@@ -96,7 +96,7 @@ def test_render_command_runs_without_torch(example):
 
 def test_job_verify_runs_without_torch(tmp_path):
     command_module("job")
-    from lorafuse.merger.digest import artifact_digest
+    from lorafuse.merger.files.digest import artifact_digest
 
     artifact = tmp_path / "artifact"
     artifact.mkdir()

@@ -1,0 +1,1 @@
+"""The merge: base and adapters read, tensors laid out, merged in float32, streamed out."""

@@ -1,0 +1,1 @@
+"""Weight and artifact files: safetensors headers, shards, direct I/O, hashes, publishing."""

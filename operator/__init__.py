@@ -1,1 +1,0 @@
-"""The Kubernetes operator: CRD models, reconcile, children; imports only merger plan types."""

@@ -1,0 +1,3 @@
+"""Serving with vLLM: the tuner, KV-cache arithmetic, model shapes, vLLM arguments, local launch.
+
+Imports neither torch nor Kubernetes code."""

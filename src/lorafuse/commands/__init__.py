@@ -1,0 +1,1 @@
+"""The `lorafuse` subcommands: one module each, with `configure(parser)` and `run(args)`."""

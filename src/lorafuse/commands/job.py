@@ -1,0 +1,66 @@
+"""`lorafuse job STEP`: one step of the merge Job (or `verify` in serving pods); JSON result out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from lorafuse.errors import UserError
+
+TERMINATION_LOG = Path("/dev/termination-log")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("step", choices=["fetch", "merge", "quantize", "validate", "publish",
+                                         "verify"])
+    parser.add_argument("--plan", type=Path, help="plan.json (MergePlan); all steps but verify")
+    parser.add_argument("--workdir", type=Path,
+                        help="shared work directory (default: ARTIFACT_ROOT/../work/NAME)")
+    parser.add_argument("--result-file", type=Path, default=TERMINATION_LOG,
+                        help="where the JSON result goes (default /dev/termination-log, "
+                        "written when it exists)")
+    parser.add_argument("--artifact", type=Path, help="verify: the artifact directory")
+    parser.add_argument("--digest", help="verify: the expected sha256:<hex> digest")
+
+
+def _terminate(signum, _frame):
+    # Kubernetes stops pods with SIGTERM: unwind so staging directories are removed.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lorafuse.merger.pipeline import job
+
+    signal.signal(signal.SIGTERM, _terminate)
+    work = None
+    try:
+        if args.step == "verify":
+            if args.artifact is None or args.digest is None:
+                raise UserError("verify needs --artifact DIR and --digest sha256:<hex>")
+            result = job.verify(args.artifact, args.digest)
+        else:
+            if args.plan is None:
+                raise UserError(f"{args.step} needs --plan plan.json")
+            plan = job.load_plan(args.plan)
+            work = job.claim_workdir(plan, args.workdir or job.default_workdir(plan))
+            result = job.run_step(args.step, plan, work)
+    except BaseException as exc:
+        _emit(job.failure_result(args.step, exc, work), args.result_file)
+        raise
+    _emit(result, args.result_file)
+    return 0
+
+
+def _emit(result: dict, result_file: Path) -> None:
+    text = json.dumps(result, separators=(",", ":"))
+    print(text)
+    if result_file == TERMINATION_LOG and not result_file.exists():
+        return  # not in a Kubernetes container: stdout is the result
+    try:
+        result_file.parent.mkdir(parents=True, exist_ok=True)
+        result_file.write_text(text)
+    except OSError as exc:
+        print(f"lorafuse job: cannot write {result_file} ({exc.strerror})", file=sys.stderr)

@@ -1,0 +1,42 @@
+"""`lorafuse quantize`: AWQ / GPTQ W4A16 or FP8 dynamic with llm-compressor, atomically."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, type=Path,
+                        help="model directory to quantize (the merged model)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output directory (must not exist, or hold this very quantization)")
+    parser.add_argument("--method", required=True,
+                        help="awq (W4A16), gptq (W4A16) or fp8 (FP8 dynamic)")
+    parser.add_argument("--calibration", type=Path,
+                        help='JSONL of {"text"} or {"prompt"} lines (awq and gptq)')
+    parser.add_argument("--samples", type=int, default=64,
+                        help="calibration samples to use, the first N lines (default 64)")
+    parser.add_argument("--seq-len", type=int, default=512,
+                        help="calibration sequence length in tokens (default 512)")
+
+
+def _terminate(signum, _frame):
+    # Kubernetes stops pods with SIGTERM: unwind so the staging directory is removed.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lorafuse.merger.pipeline.quantize import QuantizeOptions, quantize
+
+    signal.signal(signal.SIGTERM, _terminate)
+    result = quantize(QuantizeOptions(
+        model=args.model, out=args.out, method=args.method, calibration=args.calibration,
+        samples=args.samples, seq_len=args.seq_len,
+    ))
+    section = result.quantization
+    verb = "verified existing" if result.reused else "wrote"
+    group = f", group size {section['group_size']}" if section.get("group_size") else ""
+    print(f"{verb} {result.out}: {section['method']} {section['scheme']}{group}")
+    return 0
