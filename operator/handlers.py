@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Hashable
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -50,36 +49,7 @@ class Controller:
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.reconciler.metrics.forget(namespace, name)
             return
-        self.reconciler.reconcile(body, lambda *event: self.post_event(body, *event))
-
-    def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        """A Kubernetes Event on the ModelDeployment (kubectl describe shows them)."""
-        meta = body["metadata"]
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": KIND,
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta.get("uid"),
-            },
-            "type": type_,
-            "reason": reason,
-            "message": message[:1000],
-            "source": {"component": naming.FIELD_MANAGER},
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
-        log.info("%s/%s %s: %s", meta["namespace"], meta["name"], reason, message)
-        try:
-            self.reconciler.kube.core.create_namespaced_event(meta["namespace"], event)
-        except ApiException as exc:  # an event lost is no reason to fail the reconcile
-            log.warning("could not post event %s: %s", reason, exc.reason)
+        self.reconciler.reconcile(body, lambda *event: kube.post_event(body, *event))
 
 
 def owner_name(body: kopf.Body) -> str | None:

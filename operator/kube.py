@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import json
+import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from lorafuse.merger.pipeline.result import JobResult, parse_result
 from lorafuse.operator import naming
 from lorafuse.operator.lifecycle import JobObservation, Rollout
-from lorafuse.operator.spec import GROUP, PLURAL, VERSION
+from lorafuse.operator.spec import GROUP, KIND, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
 
 APPLY = "application/apply-patch+yaml"
 # kind -> (API group, resource) of every child the operator applies (RBAC is checked against it).
@@ -76,6 +79,35 @@ class Kube:
             force=True,
             _content_type=APPLY,
         )
+
+    def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A Kubernetes Event on the ModelDeployment `involved` (kubectl describe shows them)."""
+        meta = involved["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1000],
+            "source": {"component": naming.FIELD_MANAGER},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        log.info("%s/%s %s: %s", meta["namespace"], meta["name"], reason, message)
+        try:
+            self.core.create_namespaced_event(meta["namespace"], event)
+        except ApiException as exc:  # an event lost is no reason to fail the reconcile
+            log.warning("could not post event %s: %s", reason, exc.reason)
 
     def delete_stale_merges(self, namespace: str, owner: str, keep_plan: str) -> list[str]:
         """Jobs and plan ConfigMaps of plans the spec no longer asks for."""
@@ -183,7 +215,7 @@ def _running_step(pod: Any) -> str | None:
     return None
 
 
-def _finished_step(pod: Any, failed: bool) -> tuple[str | None, dict[str, Any] | None]:
+def _finished_step(pod: Any, failed: bool) -> tuple[str | None, JobResult | None]:
     """The step whose termination message is the Job's result: the failing one, or the last."""
     finished = [(c, c.state.terminated) for c in _statuses(pod) if c.state and c.state.terminated]
     if failed:
@@ -192,17 +224,6 @@ def _finished_step(pod: Any, failed: bool) -> tuple[str | None, dict[str, Any] |
         return None, None
     container, terminated = finished[0] if failed else finished[-1]
     return container.name, parse_result(terminated.message)
-
-
-def parse_result(message: str | None) -> dict[str, Any] | None:
-    """The JSON result a step wrote; a log tail (the step crashed) becomes a plain message."""
-    if not message:
-        return None
-    try:
-        result = json.loads(message)
-    except ValueError:
-        return {"ok": False, "message": message.strip()[-500:]}
-    return result if isinstance(result, dict) else None
 
 
 def _failed_at(status: Any) -> datetime | None:

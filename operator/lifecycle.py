@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from lorafuse.merger.pipeline.result import ArtifactResult, JobResult
 from lorafuse.operator.spec import (
     ArtifactStatus,
     Condition,
@@ -29,7 +30,7 @@ class JobObservation:
     plan_hash: str
     state: JobState
     step: str | None = None  # the step running now, or the one that failed
-    result: dict[str, Any] | None = None  # the termination message, parsed
+    result: JobResult | None = None  # the termination message, parsed
     reason: str | None = None  # from the Job's condition when there is no result
     message: str | None = None
 
@@ -130,38 +131,37 @@ def _harvest(
     """Fold a Job's outcome into merge/artifact/validation; without a Job keep what status has."""
     if job is None:
         return status.merge, status.artifact, {}
-    result = job.result or {}
+    result = job.result or JobResult(ok=False)
     merge = MergeStatus(
         job=job.name,
         plan_hash=job.plan_hash,
         state=job.state,
-        step=result.get("step") or job.step,
-        reason=result.get("reason") or job.reason,
-        message=_short(result.get("message") or job.message),
+        step=result.step or job.step,
+        reason=result.reason or job.reason,
+        message=_short(result.message or job.message),
     )
     harvested: dict[str, Any] = {}
-    if result.get("validation"):
-        harvested["validation"] = ValidationStatus.model_validate(
-            _validation_fields(result["validation"])
-        )
+    if result.validation:
+        harvested["validation"] = ValidationStatus.model_validate(result.validation.model_dump())
     artifact = status.artifact
-    if job.state == "Succeeded" and result.get("ok") and result.get("artifact"):
-        artifact = artifact_from_result(result["artifact"], job.plan_hash)
-        harvested["provenance"] = result.get("provenance")
-        harvested["model_shape"] = result.get("model_shape")
+    if job.state == "Succeeded" and result.ok and result.artifact:
+        artifact = artifact_from_result(result.artifact, job.plan_hash)
+        harvested["provenance"] = (
+            result.provenance.model_dump(mode="json", exclude_none=True)
+            if result.provenance
+            else None
+        )
+        harvested["model_shape"] = result.model_shape
     return merge, artifact, harvested
 
 
-def artifact_from_result(data: dict[str, Any], plan_hash: str) -> ArtifactStatus:
-    quantization = data.get("quantization")
-    if isinstance(quantization, dict):
-        quantization = quantization.get("method") or quantization.get("scheme")
+def artifact_from_result(artifact: ArtifactResult, plan_hash: str) -> ArtifactStatus:
     return ArtifactStatus(
-        name=data["name"],
-        path=data["path"],
-        digest=data.get("digest"),
-        bytes=data.get("bytes"),
-        quantization=quantization or "none",
+        name=artifact.name or artifact.path.rstrip("/").rsplit("/", 1)[-1],
+        path=artifact.path,
+        digest=artifact.digest,
+        bytes=artifact.bytes,
+        quantization=artifact.quantization or "none",
         plan_hash=plan_hash,
     )
 
@@ -228,10 +228,6 @@ def _rolled_back(decision: Decision) -> tuple[str, str, str, str]:
     if decision.rollback and decision.serve == "adapter":
         return "RolledBack", "True", decision.rollback.reason, decision.rollback.message
     return "RolledBack", "False", "NotRolledBack", ""
-
-
-def _validation_fields(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in data.items() if k in ValidationStatus.model_fields}
 
 
 def _short(text: str | None, limit: int = 1000) -> str | None:

@@ -10,13 +10,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lorafuse.errors import UserError
-from lorafuse.operator import children, naming
-from lorafuse.operator.children import Images, Owner, ServingPlan
+from lorafuse.errors import UserError, first_error
+from lorafuse.operator import naming
+from lorafuse.operator.children.common import Images, Owner
+from lorafuse.operator.children.desired import desired_objects
+from lorafuse.operator.children.service import endpoint
 from lorafuse.operator.kube import Kube
 from lorafuse.operator.lifecycle import Decision, Rollout, conditions, decide, phase_of
+from lorafuse.operator.merge_plan import plan_for, plan_hash
 from lorafuse.operator.metrics import Metrics
-from lorafuse.operator.planning import plan_for, plan_hash
+from lorafuse.operator.serving_target import ServingTarget, model_names
 from lorafuse.operator.sizing import Sizing, size_serving
 from lorafuse.operator.spec import (
     Condition,
@@ -31,9 +34,6 @@ log = logging.getLogger(__name__)
 
 # (type, reason, message) -> posts a Kubernetes Event on the ModelDeployment.
 EmitEvent = Callable[[str, str, str], None]
-BUSY_REQUEUE = 3.0  # seconds: while a Job runs or pods roll
-IDLE_REQUEUE = 30.0
-BUSY_PHASES = ("Pending", "Merging", "Validating", "Deploying")
 
 
 @dataclass
@@ -42,8 +42,9 @@ class Reconciler:
     images: Images
     metrics: Metrics
 
-    def reconcile(self, body: dict[str, Any], emit: EmitEvent) -> float:
-        """Bring the children in line with the spec; returns seconds until the next look."""
+    def reconcile(self, body: dict[str, Any], emit: EmitEvent) -> None:
+        """Bring the children in line with the spec. No requeue: the Job's pods, the Job and
+        the Deployment post events as they progress, and those trigger the next reconcile."""
         started = time.monotonic()
         meta = body["metadata"]
         owner = Owner(meta["name"], meta["namespace"], meta.get("uid"))
@@ -57,7 +58,6 @@ class Reconciler:
             self.metrics.duration.observe(time.monotonic() - started)
         self.metrics.reconciles.labels("ok").inc()
         self.metrics.set_phase(owner.namespace, owner.name, phase)
-        return BUSY_REQUEUE if phase in BUSY_PHASES else IDLE_REQUEUE
 
     def _reconcile(self, owner: Owner, body: dict[str, Any], emit: EmitEvent) -> Phase:
         generation = body["metadata"].get("generation")
@@ -65,19 +65,21 @@ class Reconciler:
         try:
             spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
         except ValidationError as exc:
-            return self._fail(owner, old, generation, "InvalidSpec", _first_error(exc), emit)
+            message = first_error(exc).at("spec")
+            return self._fail(owner, old, generation, "InvalidSpec", message, emit)
         plan = plan_for(spec)
         current_plan = plan_hash(plan)
 
-        claim = children.persistent_volume_claim(owner, spec)
-        if claim:
-            self.kube.apply(claim)
         job_name = naming.job_name(owner.name, current_plan)
         job = self.kube.observe_job(owner.namespace, job_name, current_plan)
         decision = decide(spec, old, current_plan, job)
-        if decision.create_job and job is None:
-            self.kube.apply(children.plan_config_map(owner, plan, current_plan))
-            self.kube.apply(children.merge_job(owner, spec, plan, current_plan, self.images))
+        sizing, unfit = _size(spec, decision, old)
+        target = _serving_target(decision, sizing) if sizing else None
+        start_job = decision.create_job and job is None
+        desired = desired_objects(owner, spec, plan, self.images, merge=start_job, serving=target)
+        for obj in desired:
+            self.kube.apply(obj)
+        if start_job:
             emit("Normal", "MergeStarted", f"job {job_name} for artifact {plan.artifact_name()}")
             started = MergeStatus(job=job_name, plan_hash=current_plan, state="Running")
             decision = replace(decision, merge=started)
@@ -87,34 +89,13 @@ class Reconciler:
             self.kube.delete_job(owner.namespace, job_name)
             emit("Warning", "MergeResultLost", f"job {job_name} left no result; running it again")
         self.kube.delete_stale_merges(owner.namespace, owner.name, current_plan)
-
-        sizing = None
-        if decision.serve is not None:
-            shape = decision.harvested.get("model_shape") or old.model_shape
-            try:
-                sizing = size_serving(spec, decision.serve, shape)
-            except UserError as exc:
-                return self._fail(owner, old, generation, "ServingDoesNotFit", str(exc), emit)
-            self._apply_serving(owner, spec, decision, sizing)
+        if unfit is not None:
+            return self._fail(owner, old, generation, "ServingDoesNotFit", unfit, emit)
         rollout = self.kube.observe_rollout(owner.namespace, naming.deployment_name(owner.name))
 
         new = self._status(owner, spec, old, decision, sizing, rollout, generation)
         self._record(owner, old, new, decision, emit)
         return new.phase
-
-    def _apply_serving(
-        self, owner: Owner, spec: ModelDeploymentSpec, decision: Decision, sizing: Sizing
-    ) -> None:
-        assert decision.serve is not None
-        artifact = decision.artifact if decision.serve == "merged" else None
-        serving = ServingPlan(
-            mode=decision.serve,
-            sizing=sizing,
-            artifact_path=artifact.path if artifact else None,
-            artifact_digest=artifact.digest if artifact else None,
-        )
-        self.kube.apply(children.serving_deployment(owner, spec, serving, self.images))
-        self.kube.apply(children.service(owner, spec))
 
     def _status(
         self,
@@ -130,11 +111,11 @@ class Reconciler:
         if decision.serve is not None and sizing is not None:
             serving = ServingStatus(
                 mode=decision.serve,
-                models=children.model_names(owner, spec, decision.serve),
+                models=model_names(owner.name, spec, decision.serve),
                 max_model_len=sizing.max_model_len,
                 max_num_seqs=sizing.max_num_seqs,
                 why=sizing.why,
-                endpoint=children.endpoint(owner, spec),
+                endpoint=endpoint(owner, spec),
                 replicas=rollout.replicas,
                 ready_replicas=rollout.ready,
                 updated_replicas=rollout.updated,
@@ -231,10 +212,28 @@ def _dump(status: ModelDeploymentStatus) -> dict[str, Any]:
     return status.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"]) or "spec"
-    return f"spec.{where}: {error['msg']}"
+def _size(
+    spec: ModelDeploymentSpec, decision: Decision, old: ModelDeploymentStatus
+) -> tuple[Sizing | None, str | None]:
+    """vLLM's sizing for what is served, or why it does not fit (the merge starts anyway)."""
+    if decision.serve is None:
+        return None, None
+    shape = decision.harvested.get("model_shape") or old.model_shape
+    try:
+        return size_serving(spec, decision.serve, shape), None
+    except UserError as exc:
+        return None, str(exc)
+
+
+def _serving_target(decision: Decision, sizing: Sizing) -> ServingTarget:
+    assert decision.serve is not None
+    artifact = decision.artifact if decision.serve == "merged" else None
+    return ServingTarget(
+        mode=decision.serve,
+        sizing=sizing,
+        artifact_path=artifact.path if artifact else None,
+        artifact_digest=artifact.digest if artifact else None,
+    )
 
 
 def _stamped(condition: Condition, previous: list[Condition], generation: int | None) -> Condition:

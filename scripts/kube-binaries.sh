@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # Provide kube-apiserver, kube-controller-manager, etcd and kubectl for the test
-# control plane, and print the folder that holds them on the last line of stdout.
+# control plane, plus kubelet, kube-scheduler and kube-proxy for the real test node
+# (tests/e2e), and print the folder that holds them on the last line of stdout.
 #
 #   KUBEBUILDER_ASSETS set  -> use that folder (envtest layout); it must also hold
 #                              kube-controller-manager, which envtest does not ship.
-#   otherwise               -> build kube-apiserver and kube-controller-manager from
-#                              Debian bookworm's `kubernetes` source package (once per
-#                              machine, cached), etcd from the `etcd-server` package.
+#                              The node binaries are optional there (tests/e2e skips
+#                              and names what is missing).
+#   otherwise               -> build kube-apiserver, kube-controller-manager, kubelet,
+#                              kube-scheduler and kube-proxy from Debian bookworm's
+#                              `kubernetes` source package (once per machine, cached),
+#                              etcd from the `etcd-server` package. A cache holding only
+#                              the first two gets the other three added.
+#                              src/ in the folder keeps two files of that source the
+#                              test node needs: build/pause/linux/pause.c (the pod
+#                              sandbox image) and the CRI v1alpha2 api.proto.
 #
 # Cache: ${LORAFUSE_KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lorafuse}/kube-<version>/
 # Progress goes to stderr; stdout carries only the folder. Needs root (or passwordless
@@ -17,6 +25,9 @@ KUBE_VERSION="${LORAFUSE_KUBE_VERSION:-1.20.2}"
 CACHE_ROOT="${LORAFUSE_KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lorafuse}"
 DEST="$CACHE_ROOT/kube-$KUBE_VERSION"
 NEEDED=(kube-apiserver kube-controller-manager etcd kubectl)
+# Built from the source; all of them (and SOURCE_FILES) make a complete cache.
+KUBE_BINS=(kube-apiserver kube-controller-manager kubelet kube-scheduler kube-proxy)
+SOURCE_FILES=(build/pause/linux/pause.c staging/src/k8s.io/cri-api/pkg/apis/runtime/v1alpha2/api.proto)
 
 say() { echo "kube-binaries: $*" >&2; }
 die() { echo "kube-binaries: error: $*" >&2; exit 1; }
@@ -26,6 +37,27 @@ has_all() {
     for name in "${NEEDED[@]}"; do
         [[ -x "$dir/$name" ]] || return 1
     done
+}
+
+# The cache is complete: every binary built from the source, its kept files, the links.
+has_cache() {
+    local dir="$1" name
+    has_all "$dir" || return 1
+    for name in "${KUBE_BINS[@]}"; do
+        [[ -x "$dir/$name" ]] || return 1
+    done
+    for name in "${SOURCE_FILES[@]}"; do
+        [[ -f "$dir/src/$(basename "$name")" ]] || return 1
+    done
+}
+
+# Source-built binaries missing from the cache folder (all of them for a fresh cache).
+to_build() {
+    local name out=()
+    for name in "${KUBE_BINS[@]}"; do
+        [[ -x "$DEST/$name" ]] || out+=("$name")
+    done
+    echo "${out[*]}"
 }
 
 missing_in() {
@@ -46,14 +78,14 @@ same version, or unset KUBEBUILDER_ASSETS to build Kubernetes $KUBE_VERSION from
     exit 0
 fi
 
-if has_all "$DEST"; then
+if has_cache "$DEST"; then
     say "cached in $DEST"
     echo "$DEST"
     exit 0
 fi
 # Built binaries cached, only the etcd/kubectl links are broken: no rebuild needed.
 KUBE_BUILT=0
-[[ -x "$DEST/kube-apiserver" && -x "$DEST/kube-controller-manager" ]] && KUBE_BUILT=1
+[[ -z "$(to_build)" && -f "$DEST/src/pause.c" && -f "$DEST/src/api.proto" ]] && KUBE_BUILT=1
 
 # Run a privileged command: directly as root, else through passwordless sudo.
 as_root() {
@@ -75,7 +107,7 @@ mkdir -p "$CACHE_ROOT"
 exec 9>"$CACHE_ROOT/kube-$KUBE_VERSION.lock"
 say "waiting for the build lock $CACHE_ROOT/kube-$KUBE_VERSION.lock"
 flock 9
-if has_all "$DEST"; then
+if has_cache "$DEST"; then
     say "built by another process: $DEST"
     echo "$DEST"
     exit 0
@@ -172,21 +204,42 @@ EOF
 
 mkdir -p .go/src/k8s.io
 ln -s ../../.. .go/src/k8s.io/kubernetes
-say "building kube-apiserver and kube-controller-manager with $(go version) (about 5 minutes on 2 cores)"
-GOPATH="$PWD/.go" GOCACHE="$BUILD/go-cache" CGO_ENABLED=0 KUBE_GIT_VERSION_FILE="$PWD/.version-file" \
-    make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" >&2 \
-    || die "building Kubernetes failed (log above)"
-
-OUT_BIN=$(dirname "$(find _output -type f -name kube-apiserver -perm -u+x | head -n1)")
-[[ -x "$OUT_BIN/kube-controller-manager" ]] || die "build finished without kube-controller-manager"
+BUILD_BINS=($(to_build))
+WHAT=""
+for name in "${BUILD_BINS[@]}"; do WHAT="$WHAT cmd/$name"; done
+say "building${WHAT:- nothing} with $(go version) (about 5 minutes per two binaries on 2 cores)"
+if [[ -n "$WHAT" ]]; then
+    GOPATH="$PWD/.go" GOCACHE="$BUILD/go-cache" CGO_ENABLED=0 KUBE_GIT_VERSION_FILE="$PWD/.version-file" \
+        KUBE_GIT_VERSION="v$KUBE_VERSION" KUBE_GIT_TREE_STATE=clean \
+        make WHAT="${WHAT# }" >&2 \
+        || die "building Kubernetes failed (log above)"
+fi
 
 STAGE="$DEST.tmp"
 rm -rf "$STAGE"
-mkdir -p "$STAGE"
-cp "$OUT_BIN/kube-apiserver" "$OUT_BIN/kube-controller-manager" "$STAGE/"
+mkdir -p "$STAGE/src"
+for name in "${KUBE_BINS[@]}"; do
+    if [[ -x "$DEST/$name" ]]; then
+        cp "$DEST/$name" "$STAGE/"
+    else
+        built=$(find _output -type f -name "$name" -perm -u+x | head -n1)
+        [[ -n "$built" ]] || die "build finished without $name"
+        cp "$built" "$STAGE/"
+    fi
+done
+for name in "${SOURCE_FILES[@]}"; do
+    [[ -f "$name" ]] || die "the source lacks $name"
+    cp "$name" "$STAGE/src/"
+done
 link_tools "$STAGE"
-rm -rf "$DEST"
-mv "$STAGE" "$DEST"
+# File by file (each rename atomic), so test sessions already using the cached
+# control-plane binaries never see the folder missing.
+mkdir -p "$DEST"
+for item in "$STAGE"/*; do
+    [[ -d "$item" ]] && rm -rf "$DEST/$(basename "$item")"
+    mv -f "$item" "$DEST/"
+done
+rmdir "$STAGE"
 cd /
 rm -rf "$BUILD"
 say "built into $DEST"

@@ -1,4 +1,4 @@
-"""vLLM on this machine: find it, start it with the operator's arguments, ask it once, stop it."""
+"""vLLM on this machine: find it, start it (args: serving/vllm_args.py), ask it once, stop it."""
 
 from __future__ import annotations
 
@@ -16,11 +16,10 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VllmServer", "complete", "find_vllm_python", "start_vllm", "stop", "vllm_args",
+__all__ = ["VllmServer", "complete", "find_vllm_python", "free_port", "start_vllm", "stop",
            "wait_ready"]
 
 VLLM_PYTHON_ENV = "LORAFUSE_VLLM_PYTHON"
@@ -32,36 +31,6 @@ def find_vllm_python() -> Path | None:
     configured = os.environ.get(VLLM_PYTHON_ENV)
     candidate = Path(configured) if configured else DEFAULT_VENV / "bin" / "python"
     return candidate if candidate.is_file() else None
-
-
-def vllm_args(
-    serving: Mapping[str, Any],
-    served_name: str,
-    port: int,
-    model: str,
-    lora_modules: list[str] | None = None,
-    gpus_present: bool = False,
-) -> list[str]:
-    """The operator's vLLM command line for `serving` (spec.serving), bound to loopback.
-
-    `auto` sizes are left to vLLM here: the tuner sizes for a GPU, and this may be a CPU.
-    """
-    if lora_modules:
-        rank = str(serving.get("maxLoraRank", 64))
-        args = ["--model", model, "--served-model-name", f"{served_name}-base",
-                "--enable-lora", "--max-lora-rank", rank,
-                "--max-loras", str(len(lora_modules)), "--lora-modules", *lora_modules]
-    else:
-        args = ["--model", model, "--served-model-name", served_name]
-    args += ["--host", "127.0.0.1", "--port", str(port)]
-    for key, flag in (("maxModelLen", "--max-model-len"), ("maxNumSeqs", "--max-num-seqs")):
-        value = serving.get(key, "auto")
-        if value != "auto":
-            args += [flag, str(value)]
-    if gpus_present and (serving.get("gpu") or {}).get("count", 1):
-        args += ["--gpu-memory-utilization", str(serving.get("gpuMemoryUtilization", 0.9)),
-                 "--tensor-parallel-size", str(serving.get("tensorParallelSize", 1))]
-    return args + [str(arg) for arg in serving.get("extraArgs") or []]
 
 
 def free_port() -> int:

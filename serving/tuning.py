@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from lorafuse.errors import UserError
+from lorafuse.errors import UserError, first_error
 from lorafuse.serving.gpus import find_gpu
 from lorafuse.serving.kv_cache import (
     KV_CACHE_DTYPE_BYTES,
@@ -130,11 +130,10 @@ def make_request(**fields) -> TuneRequest:
     try:
         return TuneRequest(**fields)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "request"
+        problem = first_error(exc)
+        field = problem.field.split(".")[0] or "request"
         flag = _FLAGS.get(field, "--" + field.replace("_", "-"))
-        message = first["msg"].removeprefix("Value error, ")
-        raise UserError(f"{flag} {first.get('input')!r}: {message}") from exc
+        raise UserError(f"{flag} {problem.value!r}: {problem.message}") from exc
 
 
 _FLAGS = {"gpu_memory_gib": "--gpu-memory"}
@@ -223,7 +222,7 @@ def vllm_batch_defaults(memory_gib: float, gpu_name: str | None) -> tuple[int, i
 
 
 @dataclass(frozen=True)
-class _GpuPlan:
+class _GpuBudget:
     """How one GPU's memory divides up, for a parallel layout."""
 
     usable_bytes: int
@@ -263,7 +262,7 @@ def _lora_bytes(shape: ModelShape, request: TuneRequest, tp: int, pp: int) -> in
 def _plan(
     shape: ModelShape, request: TuneRequest, memory_bytes: int, tp: int, pp: int,
     batched_tokens: int, seqs_cap: int,
-) -> _GpuPlan:
+) -> _GpuBudget:
     allowance = _activation_bytes(shape, tp, batched_tokens, seqs_cap)
     allowance["non_torch"] = NON_TORCH_BYTES_PARALLEL if tp * pp > 1 else NON_TORCH_BYTES
     allowance["cuda_graphs"] = 0 if request.enforce_eager else CUDA_GRAPH_BYTES
@@ -276,7 +275,7 @@ def _plan(
         kv_cache_dtype=request.kv_cache_dtype,
         in_flight_tokens=GPU_CONCURRENT_BATCHES * batched_tokens,
     )
-    return _GpuPlan(
+    return _GpuBudget(
         usable_bytes=int(memory_bytes * request.utilization),
         weight_bytes=cdiv(served_weight_bytes(shape), tp * pp),
         allowance=allowance,
@@ -385,13 +384,13 @@ def _required_len(shape: ModelShape, request: TuneRequest) -> int:
     return min(MIN_USEFUL_CONTEXT, positions)
 
 
-def _fits(plan: _GpuPlan, max_model_len: int, sequences: int) -> bool:
+def _fits(plan: _GpuBudget, max_model_len: int, sequences: int) -> bool:
     if plan.weight_bytes > plan.usable_bytes or plan.kv_bytes <= 0:
         return False
     return kv_capacity(plan.layout, plan.kv_bytes, max_model_len).full_length_sequences >= sequences
 
 
-def _choose_max_model_len(shape: ModelShape, request: TuneRequest, plan: _GpuPlan) -> int:
+def _choose_max_model_len(shape: ModelShape, request: TuneRequest, plan: _GpuBudget) -> int:
     if request.max_model_len is not None:
         return request.max_model_len
     positions = shape.max_position_embeddings
@@ -407,7 +406,7 @@ def _choose_max_model_len(shape: ModelShape, request: TuneRequest, plan: _GpuPla
 
 
 def _choose_max_num_seqs(
-    request: TuneRequest, plan: _GpuPlan, max_model_len: int, seqs_cap: int
+    request: TuneRequest, plan: _GpuBudget, max_model_len: int, seqs_cap: int
 ) -> int:
     if request.max_num_seqs:
         return request.max_num_seqs
@@ -438,7 +437,7 @@ def smallest_gpu_count(
 
 
 def _refusal(
-    shape: ModelShape, request: TuneRequest, hardware: _Hardware, plan: _GpuPlan,
+    shape: ModelShape, request: TuneRequest, hardware: _Hardware, plan: _GpuBudget,
     required_len: int, batched: int, seqs_cap: int,
 ) -> str:
     where = f"{request.gpus} × {hardware.name}"
@@ -508,7 +507,7 @@ def _gib(n: int) -> str:
 
 
 def _explain(
-    shape: ModelShape, request: TuneRequest, hardware: _Hardware, plan: _GpuPlan,
+    shape: ModelShape, request: TuneRequest, hardware: _Hardware, plan: _GpuBudget,
     capacity: KvCapacity, result: TuneResult,
 ) -> str:
     layout = plan.layout

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from collections.abc import Callable
@@ -11,13 +10,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    FiniteFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
 
-from lorafuse.errors import UserError
+from lorafuse.errors import UserError, first_error
+from lorafuse.jsonfile import loads_json
+from lorafuse.merger.engine.patterns import check_patterns, module_names
 from lorafuse.merger.engine.provenance import sha256_file
-from lorafuse.merger.files.shards import TensorRef, read_header
+from lorafuse.merger.files.contain import contained_file
+from lorafuse.merger.files.header import read_header
+from lorafuse.merger.files.reader import TensorRef
 
 PEFT_PREFIX = "base_model.model."
+FLOAT32_MAX = torch.finfo(torch.float32).max
 SAFETENSORS_NAME = "adapter_model.safetensors"
 PICKLE_NAME = "adapter_model.bin"
 TOKENIZER_FILES = (
@@ -53,19 +64,32 @@ class AdapterConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     peft_type: str
-    r: int = 8
-    lora_alpha: float = 8
+    r: PositiveInt = 8
+    lora_alpha: FiniteFloat = 8
     use_rslora: bool = False
     fan_in_fan_out: bool = False
     use_dora: bool = False
     lora_bias: bool = False
-    rank_pattern: dict[str, int] | None = None
-    alpha_pattern: dict[str, float] | None = None
+    rank_pattern: dict[str, PositiveInt] | None = None
+    alpha_pattern: dict[str, FiniteFloat] | None = None
     modules_to_save: list[str] | None = None
     trainable_token_indices: list[int] | dict[str, list[int]] | None = None
     init_lora_weights: bool | str = True
     ensure_weight_tying: bool = False
     base_model_name_or_path: str | None = None
+
+    @field_validator("trainable_token_indices")
+    @classmethod
+    def _token_indices(cls, value):
+        """Each list of token rows: non-empty, non-negative, no row twice."""
+        for indices in value.values() if isinstance(value, dict) else [value]:
+            if indices is not None and not indices:
+                raise ValueError("an empty list of token indices")
+            if indices and min(indices) < 0:
+                raise ValueError(f"negative token index {min(indices)}")
+            if indices and len(set(indices)) != len(indices):
+                raise ValueError("a token index listed twice")
+        return value
 
 
 @dataclass
@@ -121,31 +145,43 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def load_adapter(path: Path, name: str, allow_pickle: bool = False,
-                 sha256: Callable[[Path], str] = sha256_file) -> Adapter:
+                 sha256: Callable[[Path], str] = sha256_file,
+                 base_modules: set[str] | frozenset[str] = frozenset()) -> Adapter:
     """Read and check one adapter directory; every problem is a UserError naming the file.
-    `sha256` hashes the weights file (e.g. FileHasher.digest, started earlier)."""
+    `sha256` hashes the weights file (e.g. FileHasher.digest, started earlier);
+    `base_modules` are the names the config's regexes must match in bounded time."""
     if not path.is_dir():
         raise UserError(f"{path}: adapter directory not found")
     config_path = path / "adapter_config.json"
-    config_bytes = _read_bytes(config_path, "adapter_config.json is missing")
+    config_bytes = _read_bytes(config_path, path, "adapter_config.json is missing")
     config = _parse_config(config_path, config_bytes)
     weights_file, tensors, weights_sha = _load_weights(path, allow_pickle, sha256)
+    adapter_modules = module_names(key.removeprefix(PEFT_PREFIX) + ".x" for key in tensors)
+    check_patterns(config_path, config, base_modules | adapter_modules)
     adapter = Adapter(
         name=name,
         path=path,
         weights_file=weights_file,
         config=config,
         files={config_path.name: sha256_bytes(config_bytes), weights_file.name: weights_sha},
-        tokenizer_files=[path / f for f in TOKENIZER_FILES if (path / f).is_file()],
+        tokenizer_files=_tokenizer_files(path),
         training_run=_training_run(config),
     )
     for file in adapter.tokenizer_files:
-        adapter.files[file.name] = sha256_bytes(file.read_bytes())
+        adapter.files[file.name] = sha256_bytes(_read_bytes(file, path, "missing"))
     _sort_tensors(adapter, tensors)
     return adapter
 
 
-def _read_bytes(path: Path, missing: str) -> bytes:
+def _tokenizer_files(folder: Path) -> list[Path]:
+    """The adapter's tokenizer files; a link leaving the adapter folder is refused."""
+    listed = [folder / name for name in TOKENIZER_FILES]
+    return [contained_file(p, folder) for p in listed if p.is_file() or p.is_symlink()]
+
+
+def _read_bytes(path: Path, folder: Path, missing: str) -> bytes:
+    if path.is_symlink() or path.exists():
+        contained_file(path, folder)
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -155,10 +191,7 @@ def _read_bytes(path: Path, missing: str) -> bytes:
 
 
 def _parse_config(path: Path, raw: bytes) -> AdapterConfig:
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: invalid JSON ({exc})") from exc
+    data = loads_json(raw, path)
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object")
     if "peft_type" not in data:
@@ -166,9 +199,8 @@ def _parse_config(path: Path, raw: bytes) -> AdapterConfig:
     try:
         config = AdapterConfig.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"{path}: invalid field {where!r}: {first['msg']}") from exc
+        problem = first_error(exc)
+        raise UserError(f"{path}: invalid field {problem.field!r}: {problem.message}") from exc
     _refuse_unsupported(path, config, data)
     return config
 
@@ -199,13 +231,15 @@ def _training_run(config: AdapterConfig) -> str | None:
 def _load_weights(path: Path, allow_pickle: bool, sha256: Callable[[Path], str]
                   ) -> tuple[Path, dict[str, TensorRef], str]:
     safetensors_path = path / SAFETENSORS_NAME
-    if safetensors_path.is_file():
+    if safetensors_path.is_file() or safetensors_path.is_symlink():
+        contained_file(safetensors_path, path)
         # Only the header is kept; each tensor is read when its target is merged.
         header = read_header(safetensors_path)
         tensors = {name: TensorRef.in_file(header, entry) for name, entry in header.tensors.items()}
         return safetensors_path, tensors, sha256(safetensors_path)
     pickle_path = path / PICKLE_NAME
-    if pickle_path.is_file():
+    if pickle_path.is_file() or pickle_path.is_symlink():
+        contained_file(pickle_path, path)
         if not allow_pickle:
             raise UserError(f"{pickle_path}: pickle weights are refused (they can run code); "
                             "convert to safetensors or pass --allow-pickle")
@@ -276,10 +310,13 @@ def _lora_part(adapter: Adapter, module: str, found: dict[str, TensorRef]) -> Lo
         missing = a_key if a_key not in found else b_key
         raise UserError(f"{adapter.weights_file}: {module} has no {missing} tensor")
     a, b = found[a_key], found[b_key]
-    rank = a.shape[0]
-    if a.dim() != 2 or b.dim() != 2 or b.shape[1] != rank:
+    if a.dim() != 2 or b.dim() != 2 or b.shape[1] != a.shape[0]:
         raise UserError(f"{adapter.weights_file}: {module}: lora A {list(a.shape)} and "
                         f"B {list(b.shape)} do not form a low-rank pair")
+    rank = a.shape[0]
+    for tensor in (a, b, *(t for t in (found.get("lora_B.bias"),
+                                       found.get("lora_magnitude_vector")) if t is not None)):
+        _require_float(adapter, tensor)
     bias = found.get("lora_B.bias")
     magnitude = found.get("lora_magnitude_vector")
     if magnitude is not None and not adapter.config.use_dora:
@@ -291,6 +328,12 @@ def _lora_part(adapter: Adapter, module: str, found: dict[str, TensorRef]) -> Lo
     return LoraPart(module, embedding, a, b, _scaling(adapter, module, rank), bias, magnitude)
 
 
+def _require_float(adapter: Adapter, tensor: TensorRef) -> None:
+    if not tensor.dtype.is_floating_point:
+        raise UserError(f"{adapter.weights_file}: {tensor.name!r} is {tensor.dtype}, "
+                        "not a floating-point tensor")
+
+
 def _scaling(adapter: Adapter, module: str, rank: int) -> float:
     """PEFT's scaling for one module, with rank_pattern/alpha_pattern resolved as PEFT does."""
     config = adapter.config
@@ -300,7 +343,11 @@ def _scaling(adapter: Adapter, module: str, rank: int) -> float:
     if r != rank:
         raise UserError(f"{adapter.weights_file}: {module} has rank {rank} but "
                         f"adapter_config.json gives r={r}")
-    return alpha / math.sqrt(r) if config.use_rslora else alpha / r
+    scaling = alpha / math.sqrt(r) if config.use_rslora else alpha / r
+    if not abs(scaling) <= FLOAT32_MAX:
+        raise UserError(f"{adapter.path / 'adapter_config.json'}: {module}: scaling "
+                        f"{scaling:g} (lora_alpha {alpha:g}, r {r}) is beyond float32")
+    return scaling
 
 
 def get_pattern_key(pattern_keys: list[str], key_to_match: str) -> str:
@@ -326,6 +373,7 @@ def _add_token_rows(adapter: Adapter, module: str, values: TensorRef) -> None:
         raise UserError(f"{adapter.weights_file}: {module} has trainable tokens but "
                         "adapter_config.json has no trainable_token_indices")
     if values.dim() != 2 or values.shape[0] != len(indices):
-        raise UserError(f"{adapter.weights_file}: {module}: {values.shape[0]} trainable token "
-                        f"rows for {len(indices)} indices")
+        raise UserError(f"{adapter.weights_file}: {module}: trainable token rows "
+                        f"{list(values.shape)} for {len(indices)} indices")
+    _require_float(adapter, values)
     adapter.token_rows[f"{module}.weight"] = TokenRows(list(indices), values)

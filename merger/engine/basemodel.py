@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorafuse.errors import UserError
-from lorafuse.jsonfile import read_json
-from lorafuse.merger.files.shards import SafetensorsHeader, TensorEntry, read_header
+from lorafuse.jsonfile import loads_json, read_json
+from lorafuse.merger.files.contain import contained_file, relative_name
+from lorafuse.merger.files.header import SafetensorsHeader, TensorEntry, read_header
 
 INDEX_NAME = "model.safetensors.index.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
@@ -39,11 +39,13 @@ class BaseCheckpoint:
                     and self.output_embedding not in self.locations)
 
     def other_files(self) -> list[Path]:
-        """Top-level files to carry over as they are (config is written separately)."""
+        """Top-level files to carry over as they are (config is written separately); a link
+        leaving the base folder is refused, so nothing outside it reaches an artifact."""
         skip = {INDEX_NAME, "config.json", "lorafuse.json"}
         return sorted(
-            p for p in self.path.iterdir()
-            if p.is_file() and not p.name.startswith(".") and p.name not in skip
+            contained_file(p, self.path) for p in self.path.iterdir()
+            if (p.is_file() or p.is_symlink()) and not p.name.startswith(".")
+            and p.name not in skip
             and not p.name.endswith(WEIGHT_SUFFIXES) and not p.name.endswith(".index.json")
         )
 
@@ -54,6 +56,8 @@ def load_base(path: Path) -> BaseCheckpoint:
     if not path.is_dir():
         raise UserError(f"{path}: base model must be a directory")
     config_file = path / "config.json"
+    if config_file.is_file() or config_file.is_symlink():
+        contained_file(config_file, path)
     config = read_json(config_file, missing="missing (not a Hugging Face model directory)")
     _refuse_quantized(config_file, config)
     headers = [read_header(p) for p in _weight_files(path)]
@@ -83,15 +87,17 @@ def _refuse_quantized(config_file: Path, config: dict) -> None:
 def _weight_files(path: Path) -> list[Path]:
     index = path / INDEX_NAME
     if index.is_file():
+        contained_file(index, path)
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            names = sorted(set(weight_map.values()))
-        except (OSError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+            weight_map = loads_json(index.read_bytes(), index)["weight_map"]
+            names = sorted(set(weight_map.values()), key=str)
+        except (OSError, KeyError, TypeError, AttributeError) as exc:
             raise UserError(f"{index}: invalid safetensors index ({exc})") from exc
-        files = [path / name for name in names]
+        files = [path / relative_name(name, f"{index}: weight_map entry") for name in names]
         for file in files:
-            if not file.is_file():
+            if not file.is_file() and not file.is_symlink():
                 raise UserError(f"{index}: lists {file.name}, which is missing")
+            contained_file(file, path)
         return files
     files = sorted(path.glob("*.safetensors"))
     if not files:
@@ -101,7 +107,7 @@ def _weight_files(path: Path) -> list[Path]:
         raise UserError(f"{path}: no *.safetensors weights in the base model directory")
     if len(files) > 1:
         raise UserError(f"{path}: several safetensors files but no {INDEX_NAME}")
-    return files
+    return [contained_file(file, path) for file in files]
 
 
 # Architectures whose projection layers are transformers' Conv1D (weight stored (in, out)),

@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 import torch
 
-METHODS = ("linear", "ties", "dare_linear", "dare_ties")
 RANDOM_METHODS = ("dare_linear", "dare_ties")
 
 

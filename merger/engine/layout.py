@@ -11,13 +11,15 @@ from lorafuse.errors import UserError
 from lorafuse.merger.engine.adapters import Adapter, TokenRows
 from lorafuse.merger.engine.basemodel import BaseCheckpoint
 from lorafuse.merger.engine.lora import Contribution, expected_shape
-from lorafuse.merger.files.shards import FLOAT_DTYPES, OutputTensor, TensorRef
+from lorafuse.merger.files.header import FLOAT_DTYPES
+from lorafuse.merger.files.reader import TensorRef
+from lorafuse.merger.files.writer import OutputTensor
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class TensorPlan:
+class TensorRecipe:
     """One output tensor: its base source and the changes to apply, in this order."""
 
     name: str
@@ -45,19 +47,20 @@ class TensorPlan:
 
 @dataclass
 class MergeLayout:
-    by_source: dict[str, list[TensorPlan]]
+    by_source: dict[str, list[TensorRecipe]]
     outputs: list[OutputTensor]
     config_updates: dict[str, object]
     tokenizer_from: Adapter | None
 
     @property
     def tensors_merged(self) -> int:
-        return sum(p.changed for plans in self.by_source.values() for p in plans)
+        return sum(p.changed for recipes in self.by_source.values() for p in recipes)
 
 
-def plan_merge(base: BaseCheckpoint, adapters: list[Adapter], weights: list[float],
-               combine: str, dtype: str) -> MergeLayout:
-    changes: dict[str, TensorPlan] = {}
+def lay_out_merge(base: BaseCheckpoint, adapters: list[Adapter], weights: list[float],
+                  combine: str, dtype: str) -> MergeLayout:
+    """Every output tensor in base file order, each with the recipe that makes it."""
+    changes: dict[str, TensorRecipe] = {}
     for adapter in adapters:
         _add_replacements(base, changes, adapter)
     for adapter, weight in zip(adapters, weights, strict=True):
@@ -66,17 +69,17 @@ def plan_merge(base: BaseCheckpoint, adapters: list[Adapter], weights: list[floa
     _drop_noop_replacements(base, changes)
     config_updates: dict[str, object] = {}
     extra = _resolve_tied_embeddings(base, changes, config_updates)
-    by_source: dict[str, list[TensorPlan]] = {}
+    by_source: dict[str, list[TensorRecipe]] = {}
     outputs: list[OutputTensor] = []
     for header in base.headers:
         for entry in header.in_file_order():
-            plan = changes.get(entry.name) or TensorPlan(entry.name, entry.name, entry.dtype,
+            recipe = changes.get(entry.name) or TensorRecipe(entry.name, entry.name, entry.dtype,
                                                          entry.shape)
-            plans = [plan] + ([extra] if extra and extra.source == entry.name else [])
-            for item in plans:
+            recipes = [recipe] + ([extra] if extra and extra.source == entry.name else [])
+            for item in recipes:
                 item.dtype = _output_dtype(item.dtype, dtype)
                 outputs.append(OutputTensor(item.name, item.dtype, item.shape))
-            by_source[entry.name] = plans
+            by_source[entry.name] = recipes
     _check_vocab(base, by_source, config_updates)
     if dtype != "auto":
         config_updates["dtype"] = dtype
@@ -89,14 +92,14 @@ def _output_dtype(source_dtype: str, requested: str) -> str:
     return {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}[requested]
 
 
-def _plan_for(base: BaseCheckpoint, changes: dict[str, TensorPlan], key: str) -> TensorPlan:
+def _recipe_for(base: BaseCheckpoint, changes: dict[str, TensorRecipe], key: str) -> TensorRecipe:
     if key not in changes:
         entry = base.entry(key)
         source = key
         if entry is None:  # the output embedding of a tied model, stored once
             source = base.input_embedding
             entry = base.entry(source)
-        changes[key] = TensorPlan(key, source, entry.dtype, entry.shape)
+        changes[key] = TensorRecipe(key, source, entry.dtype, entry.shape)
     return changes[key]
 
 
@@ -109,136 +112,143 @@ def _missing(adapter: Adapter, what: str, key: str) -> UserError:
                      "does not have")
 
 
-def _add_replacements(base: BaseCheckpoint, changes: dict[str, TensorPlan],
+def _add_replacements(base: BaseCheckpoint, changes: dict[str, TensorRecipe],
                       adapter: Adapter) -> None:
     for key, tensor in sorted(adapter.replacements.items()):
         if not _has_tensor(base, key):
             raise _missing(adapter, f"tensor {key!r}", key)
-        _add_replacement(base, _plan_for(base, changes, key), adapter, tensor)
+        _add_replacement(base, _recipe_for(base, changes, key), adapter, tensor)
 
 
-def _add_adapter(base: BaseCheckpoint, changes: dict[str, TensorPlan], adapter: Adapter,
+def _add_adapter(base: BaseCheckpoint, changes: dict[str, TensorRecipe], adapter: Adapter,
                  weight: float, combine: str) -> None:
     for key, rows in sorted(adapter.token_rows.items()):
         if not _has_tensor(base, key):
             raise _missing(adapter, "trainable_token_indices", key)
-        _plan_for(base, changes, key).token_rows.append(rows)
+        _recipe_for(base, changes, key).token_rows.append(rows)
     for key, part in sorted(adapter.lora.items()):
         if not _has_tensor(base, key):
             raise _missing(adapter, f"LoRA module {part.module!r}", key)
-        plan = _plan_for(base, changes, key)
+        recipe = _recipe_for(base, changes, key)
         transposed = part.embedding or part.module in base.transposed_modules or (
             not base.modules_known and adapter.config.fan_in_fan_out)
         contribution = Contribution(adapter.name, weight, part, transposed)
-        _check_shape(adapter, plan, expected_shape(contribution), part.module)
+        _check_shape(adapter, recipe, expected_shape(contribution), part.module)
         if part.magnitude is not None:
-            _add_dora(adapter, plan, contribution, combine)
+            _add_dora(adapter, recipe, contribution, combine)
         else:
-            plan.low_rank.append(contribution)
+            recipe.low_rank.append(contribution)
         if part.bias is not None:
             _add_lora_bias(base, changes, adapter, contribution)
 
 
-def _check_shape(adapter: Adapter, plan: TensorPlan, shape: tuple[int, ...], what: str) -> None:
-    if tuple(shape) != tuple(plan.shape):
-        raise UserError(f"{adapter.weights_file}: {what} expects {plan.name} of shape "
-                        f"{list(shape)}, the base has {list(plan.shape)} "
+def _check_shape(adapter: Adapter, recipe: TensorRecipe, shape: tuple[int, ...], what: str) -> None:
+    if tuple(shape) != tuple(recipe.shape):
+        raise UserError(f"{adapter.weights_file}: {what} expects {recipe.name} of shape "
+                        f"{list(shape)}, the base has {list(recipe.shape)} "
                         "(adapter trained for another base model?)")
 
 
-def _add_replacement(base: BaseCheckpoint, plan: TensorPlan, adapter: Adapter,
+def _add_replacement(base: BaseCheckpoint, recipe: TensorRecipe, adapter: Adapter,
                      tensor: TensorRef) -> None:
     shape = tuple(tensor.shape)
-    resizable = plan.name in (base.input_embedding, base.output_embedding)
-    if shape != plan.shape and not (resizable and shape[1:] == plan.shape[1:]):
-        raise UserError(f"{adapter.weights_file}: {plan.name} has shape {list(shape)}, "
-                        f"the base has {list(plan.shape)} "
+    resizable = recipe.name in (base.input_embedding, base.output_embedding)
+    if shape != recipe.shape and not (resizable and shape[1:] == recipe.shape[1:]):
+        raise UserError(f"{adapter.weights_file}: {recipe.name} has shape {list(shape)}, "
+                        f"the base has {list(recipe.shape)} "
                         "(adapter trained for another base model?)")
-    if plan.replacement is not None:
-        if plan.replacement.shape != tensor.shape or not torch.equal(plan.replacement.load(),
+    if recipe.replacement is not None:
+        if recipe.replacement.shape != tensor.shape or not torch.equal(recipe.replacement.load(),
                                                                      tensor.load()):
-            raise UserError(f"{adapter.weights_file}: {plan.name} is replaced by both "
-                            f"{plan.replaced_by} and {adapter.name} with different values")
+            raise UserError(f"{adapter.weights_file}: {recipe.name} is replaced by both "
+                            f"{recipe.replaced_by} and {adapter.name} with different values")
         return
     if not tensor.dtype.is_floating_point:
-        raise UserError(f"{adapter.weights_file}: {plan.name} has unsupported dtype {tensor.dtype}")
-    plan.replacement, plan.replaced_by, plan.shape = tensor, adapter.name, shape
+        raise UserError(f"{adapter.weights_file}: {recipe.name} has unsupported dtype "
+                        f"{tensor.dtype}")
+    recipe.replacement, recipe.replaced_by, recipe.shape = tensor, adapter.name, shape
 
 
-def _add_dora(adapter: Adapter, plan: TensorPlan, contribution: Contribution, combine: str) -> None:
+def _add_dora(adapter: Adapter, recipe: TensorRecipe, contribution: Contribution,
+              combine: str) -> None:
     if contribution.weight != 1.0 or combine != "linear":
         raise UserError(f"{adapter.path}: DoRA adapters merge exactly only alone with weight 1.0 "
-                        f"and --combine linear ({plan.name})")
-    if plan.dora is not None:
-        raise UserError(f"{plan.name}: DoRA adapters {plan.dora.adapter} and {adapter.name} both "
-                        "change it; several DoRA adapters on one layer cannot be merged exactly")
-    features = plan.shape[1] if contribution.transposed else plan.shape[0]
+                        f"and --combine linear ({recipe.name})")
+    if recipe.dora is not None:
+        raise UserError(f"{recipe.name}: DoRA adapters {recipe.dora.adapter} and {adapter.name} "
+                        "both change it; several DoRA adapters on one layer cannot be merged "
+                        "exactly")
+    features = recipe.shape[1] if contribution.transposed else recipe.shape[0]
     if tuple(contribution.part.magnitude.shape) != (features,):
         raise UserError(f"{adapter.weights_file}: DoRA magnitude of {contribution.part.module} "
                         f"has shape {list(contribution.part.magnitude.shape)}, "
                         f"expected [{features}]")
-    plan.dora = contribution
+    recipe.dora = contribution
 
 
-def _add_lora_bias(base: BaseCheckpoint, changes: dict[str, TensorPlan], adapter: Adapter,
+def _add_lora_bias(base: BaseCheckpoint, changes: dict[str, TensorRecipe], adapter: Adapter,
                    contribution: Contribution) -> None:
     key = contribution.part.bias_key
     if key not in base.locations:
         raise UserError(f"{adapter.weights_file}: lora_bias on {contribution.part.module}, "
                         "but that layer of the base model has no bias")
-    plan = _plan_for(base, changes, key)
-    _check_shape(adapter, plan, tuple(contribution.part.bias.shape), f"lora_B.bias of "
+    recipe = _recipe_for(base, changes, key)
+    _check_shape(adapter, recipe, tuple(contribution.part.bias.shape), f"lora_B.bias of "
                  f"{contribution.part.module}")
-    plan.bias.append(contribution)
+    recipe.bias.append(contribution)
 
 
-def _refuse_conflicts(changes: dict[str, TensorPlan]) -> None:
-    for plan in changes.values():
-        if plan.dora and (plan.low_rank or len({plan.dora.adapter, *plan.adapters()}) > 1):
-            others = sorted(set(plan.adapters()) - {plan.dora.adapter}) or [plan.dora.adapter]
-            raise UserError(f"{plan.name}: DoRA adapter {plan.dora.adapter} and {others} both "
+def _refuse_conflicts(changes: dict[str, TensorRecipe]) -> None:
+    for recipe in changes.values():
+        if (recipe.low_rank or recipe.dora or recipe.bias or recipe.token_rows) and (
+                recipe.dtype not in {*FLOAT_DTYPES, "F64"}):
+            raise UserError(f"{recipe.name}: the base stores it as {recipe.dtype}; an adapter "
+                            "update can only be merged into a floating-point tensor")
+        if recipe.dora and (recipe.low_rank or len({recipe.dora.adapter, *recipe.adapters()}) > 1):
+            others = sorted(set(recipe.adapters()) - {recipe.dora.adapter}) or [recipe.dora.adapter]
+            raise UserError(f"{recipe.name}: DoRA adapter {recipe.dora.adapter} and {others} both "
                             "change it; several adapters on one DoRA layer cannot be merged "
                             "exactly")
         seen: set[int] = set()
-        for rows in plan.token_rows:
+        for rows in recipe.token_rows:
             if seen & set(rows.indices):
-                raise UserError(f"{plan.name}: trainable tokens of several adapters overlap "
+                raise UserError(f"{recipe.name}: trainable tokens of several adapters overlap "
                                 f"({sorted(seen & set(rows.indices))})")
             seen |= set(rows.indices)
-            if rows.values.shape[1:] != plan.shape[1:] or max(rows.indices) >= plan.shape[0]:
-                raise UserError(f"{plan.name}: trainable token rows do not fit the tensor "
-                                f"of shape {list(plan.shape)}")
+            if rows.values.shape[1:] != recipe.shape[1:] or max(rows.indices) >= recipe.shape[0]:
+                raise UserError(f"{recipe.name}: trainable token rows do not fit the tensor "
+                                f"of shape {list(recipe.shape)}")
 
 
-def _drop_noop_replacements(base: BaseCheckpoint, changes: dict[str, TensorPlan]) -> None:
+def _drop_noop_replacements(base: BaseCheckpoint, changes: dict[str, TensorRecipe]) -> None:
     """PEFT saves embedding layers next to their LoRA even when unchanged: equal to the base
     tensor, such a 'replacement' changes nothing and must not untie or resize anything."""
     from safetensors import safe_open
 
-    for plan in changes.values():
-        if plan.replacement is None:
+    for recipe in changes.values():
+        if recipe.replacement is None:
             continue
-        header, entry = base.locations[plan.source]
-        if tuple(plan.replacement.shape) != entry.shape:
+        header, entry = base.locations[recipe.source]
+        if tuple(recipe.replacement.shape) != entry.shape:
             continue
         with safe_open(header.path, "pt") as handle:
-            original = handle.get_tensor(plan.source)
-        if torch.equal(plan.replacement.to(dtype=original.dtype), original):
-            plan.replacement, plan.replaced_by = None, None
+            original = handle.get_tensor(recipe.source)
+        if torch.equal(recipe.replacement.to(dtype=original.dtype), original):
+            recipe.replacement, recipe.replaced_by = None, None
 
 
-def _resolve_tied_embeddings(base: BaseCheckpoint, changes: dict[str, TensorPlan],
-                             config_updates: dict) -> TensorPlan | None:
+def _resolve_tied_embeddings(base: BaseCheckpoint, changes: dict[str, TensorRecipe],
+                             config_updates: dict) -> TensorRecipe | None:
     """Keep the tie when both sides end up identical; otherwise untie (and write both).
 
-    Returns the plan of an output embedding that must now be written although the base
+    Returns the recipe of an output embedding that must now be written although the base
     stores it only once (as the input embedding)."""
     if not base.tied or not base.input_embedding or not base.output_embedding:
         return None
     inputs = changes.get(base.input_embedding)
     if inputs is not None and inputs.token_rows:
         # PEFT ties trainable tokens of a tied input embedding to the output embedding.
-        outputs = _plan_for(base, changes, base.output_embedding)
+        outputs = _recipe_for(base, changes, base.output_embedding)
         if not outputs.token_rows:
             outputs.token_rows = list(inputs.token_rows)
     outputs = changes.get(base.output_embedding)
@@ -249,12 +259,12 @@ def _resolve_tied_embeddings(base: BaseCheckpoint, changes: dict[str, TensorPlan
     config_updates["tie_word_embeddings"] = False
     log.info("an adapter changes one side of the tied embeddings only: writing both, untied")
     if base.virtual_output_embedding:
-        return changes.pop(base.output_embedding, None) or _plan_for(
+        return changes.pop(base.output_embedding, None) or _recipe_for(
             base, {}, base.output_embedding)
     return None
 
 
-def _same_changes(first: TensorPlan | None, second: TensorPlan | None) -> bool:
+def _same_changes(first: TensorRecipe | None, second: TensorRecipe | None) -> bool:
     if first is None or second is None:
         return first is None and second is None
     if first.dora or second.dora or first.bias or second.bias:
@@ -283,9 +293,9 @@ def _same_changes(first: TensorPlan | None, second: TensorPlan | None) -> bool:
     return True
 
 
-def _check_vocab(base: BaseCheckpoint, by_source: dict[str, list[TensorPlan]],
+def _check_vocab(base: BaseCheckpoint, by_source: dict[str, list[TensorRecipe]],
                  config_updates: dict) -> None:
-    shapes = {plan.name: plan.shape for plans in by_source.values() for plan in plans}
+    shapes = {recipe.name: recipe.shape for recipes in by_source.values() for recipe in recipes}
     rows = {key: shapes[key][0] for key in (base.input_embedding, base.output_embedding)
             if key in shapes}
     if len(set(rows.values())) > 1:

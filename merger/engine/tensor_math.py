@@ -1,4 +1,4 @@
-"""Applying a TensorPlan to one base tensor: float32 math, one rounding, finiteness check."""
+"""Applying a TensorRecipe to one base tensor: float32 math, one rounding, finiteness check."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import torch
 
 from lorafuse.errors import UserError
 from lorafuse.merger.engine.combine import combine_task_vectors
-from lorafuse.merger.engine.layout import TensorPlan
+from lorafuse.merger.engine.layout import TensorRecipe
 from lorafuse.merger.engine.lora import add_bias, add_low_rank, apply_dora, delta
 from lorafuse.merger.files.background import OrderedIO, RowPool
-from lorafuse.merger.files.shards import DTYPES, FLOAT_DTYPES
+from lorafuse.merger.files.header import FLOAT_DTYPES
+from lorafuse.merger.files.reader import DTYPES
 
 # Rows per block in the blocked CPU path: about 1 MiB of float32 per block stays in cache
 # while it is widened, updated and rounded.
@@ -33,8 +34,8 @@ class CombineSettings:
 @dataclass
 class Workspace:
     """Byte buffers reused from tensor to tensor, sized once for the largest tensor (fresh
-    large allocations cost page faults and fragment the heap), the I/O lanes that write
-    them, and the threads that compute row blocks."""
+    large allocations cost page faults and fragment the heap), the writer thread that
+    writes them, and the threads that compute row blocks."""
 
     device: torch.device
     io: OrderedIO
@@ -93,31 +94,31 @@ def torch_threads(count: int) -> Iterator[None]:
             torch.set_num_threads(previous)
 
 
-def merge_tensor(plan: TensorPlan, base: torch.Tensor, settings: CombineSettings,
+def merge_tensor(recipe: TensorRecipe, base: torch.Tensor, settings: CombineSettings,
                  workspace: Workspace) -> tuple[torch.Tensor, torch.Tensor]:
-    """The merged tensor in the plan's output dtype and the buffer holding it (its fence)."""
-    out_dtype = DTYPES[plan.dtype]
-    if _blockable(plan, settings, workspace):
-        return _merge_blocked(plan, base, workspace, out_dtype)
+    """The merged tensor in the recipe's output dtype and the buffer holding it (its fence)."""
+    out_dtype = DTYPES[recipe.dtype]
+    if _blockable(recipe, settings, workspace):
+        return _merge_blocked(recipe, base, workspace, out_dtype)
     with torch_threads(workspace.pool.workers):
-        work = workspace.tensor(plan.shape, torch.float32, "work")
-        work.copy_(plan.replacement.load() if plan.replacement is not None else base)
-        for rows in plan.token_rows:
+        work = workspace.tensor(recipe.shape, torch.float32, "work")
+        work.copy_(recipe.replacement.load() if recipe.replacement is not None else base)
+        for rows in recipe.token_rows:
             index = torch.tensor(rows.indices, dtype=torch.long, device=work.device)
             work.index_copy_(0, index, rows.values.to(device=work.device, dtype=torch.float32))
-        if plan.dora is not None:
-            apply_dora(work, plan.dora)
-        _add_updates(work, plan, settings)
-        _check_finite(work, plan, "")
-        out, fence = workspace.out_tensor(plan.shape, out_dtype)
+        if recipe.dora is not None:
+            apply_dora(work, recipe.dora)
+        _add_updates(work, recipe, settings)
+        _check_finite(work, recipe, "")
+        out, fence = workspace.out_tensor(recipe.shape, out_dtype)
         out.copy_(work)
         if out_dtype != torch.float32:
-            _check_finite(out, plan, f" after rounding to {plan.dtype}")
+            _check_finite(out, recipe, f" after rounding to {recipe.dtype}")
     return out, fence
 
 
-def _add_updates(work: torch.Tensor, plan: TensorPlan, settings: CombineSettings) -> None:
-    low_rank, bias = plan.low_rank, plan.bias
+def _add_updates(work: torch.Tensor, recipe: TensorRecipe, settings: CombineSettings) -> None:
+    low_rank, bias = recipe.low_rank, recipe.bias
     if settings.method == "linear" or len(low_rank) + len(bias) == 0:
         for contribution in low_rank:
             add_low_rank(work, contribution)
@@ -132,44 +133,44 @@ def _add_updates(work: torch.Tensor, plan: TensorPlan, settings: CombineSettings
     ]
     weights = [c.weight for c in contributions]
     work.add_(combine_task_vectors(settings.method, vectors, weights, settings.density,
-                                   settings.seed, plan.name))
+                                   settings.seed, recipe.name))
 
 
-def _blockable(plan: TensorPlan, settings: CombineSettings, workspace: Workspace) -> bool:
-    return blockable(plan, settings, workspace.device)
+def _blockable(recipe: TensorRecipe, settings: CombineSettings, workspace: Workspace) -> bool:
+    return blockable(recipe, settings, workspace.device)
 
 
-def blockable(plan: TensorPlan, settings: CombineSettings, device: torch.device) -> bool:
+def blockable(recipe: TensorRecipe, settings: CombineSettings, device: torch.device) -> bool:
     """Plain linear LoRA on a CPU: the common case, done without full-size temporaries."""
-    return (device.type == "cpu" and settings.method == "linear" and len(plan.shape) == 2
-            and plan.replacement is None and not plan.token_rows and plan.dora is None
-            and not plan.bias)
+    return (device.type == "cpu" and settings.method == "linear" and len(recipe.shape) == 2
+            and recipe.replacement is None and not recipe.token_rows and recipe.dora is None
+            and not recipe.bias)
 
 
-def reserve_for(workspace: Workspace, plans_by_entry, settings: CombineSettings) -> None:
+def reserve_for(workspace: Workspace, recipes_by_entry, settings: CombineSettings) -> None:
     """Allocate every buffer at its final size before streaming starts."""
     read = out = work = 0
     block = BLOCK_BYTES
-    for entry, plans in plans_by_entry:
-        if len(plans) == 1 and not plans[0].changed and plans[0].dtype == entry.dtype:
+    for entry, recipes in recipes_by_entry:
+        if len(recipes) == 1 and not recipes[0].changed and recipes[0].dtype == entry.dtype:
             continue  # copied as raw bytes
-        if grouped(entry, plans, settings, workspace.device):
-            rows = min(plans[0].shape[0], group_rows(plans[0].shape[1]))
-            numel = rows * plans[0].shape[1]
+        if grouped(entry, recipes, settings, workspace.device):
+            rows = min(recipes[0].shape[0], group_rows(recipes[0].shape[1]))
+            numel = rows * recipes[0].shape[1]
             read = max(read, numel * DTYPES[entry.dtype].itemsize)
-            out = max(out, numel * DTYPES[plans[0].dtype].itemsize)
-            block = max(block, plans[0].shape[1] * 4)
+            out = max(out, numel * DTYPES[recipes[0].dtype].itemsize)
+            block = max(block, recipes[0].shape[1] * 4)
             continue
         read = max(read, entry.nbytes)
-        for plan in plans:
+        for recipe in recipes:
             numel = 1
-            for dim in plan.shape:
+            for dim in recipe.shape:
                 numel *= dim
-            out = max(out, numel * DTYPES[plan.dtype].itemsize)
-            if plan.changed and not blockable(plan, settings, workspace.device):
+            out = max(out, numel * DTYPES[recipe.dtype].itemsize)
+            if recipe.changed and not blockable(recipe, settings, workspace.device):
                 work = max(work, numel * 4)
-            elif len(plan.shape) == 2:
-                block = max(block, plan.shape[1] * 4)
+            elif len(recipe.shape) == 2:
+                block = max(block, recipe.shape[1] * 4)
     workspace.reserve_read(read)
     for role in ("out0", "out1"):
         workspace.reserve(role, out, torch.device("cpu"))
@@ -179,12 +180,12 @@ def reserve_for(workspace: Workspace, plans_by_entry, settings: CombineSettings)
         workspace.reserve(f"block{worker}", block)
 
 
-def _merge_blocked(plan: TensorPlan, base: torch.Tensor, workspace: Workspace,
+def _merge_blocked(recipe: TensorRecipe, base: torch.Tensor, workspace: Workspace,
                    out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """W + sum(w_i s_i B_i A_i) a block of rows at a time (widen, add, check, round), the
     row ranges spread over the pool's threads."""
-    out, fence = workspace.out_tensor(plan.shape, out_dtype)
-    rows = BlockedRows(plan, base.dtype, workspace)
+    out, fence = workspace.out_tensor(recipe.shape, out_dtype)
+    rows = BlockedRows(recipe, base.dtype, workspace)
     rows.merge(0, base, out)
     return out, fence
 
@@ -199,12 +200,12 @@ def group_rows(cols: int) -> int:
     return max(1, GROUP_BYTES // (4 * max(cols, 1)) // step) * step
 
 
-def grouped(entry, plans: list[TensorPlan], settings: CombineSettings,
+def grouped(entry, recipes: list[TensorRecipe], settings: CombineSettings,
             device: torch.device) -> bool:
     """One plain linear LoRA target of the base tensor's own shape and a float dtype: merged
     group of rows by group of rows (BlockedRows), straight from the file."""
-    return (len(plans) == 1 and plans[0].changed and blockable(plans[0], settings, device)
-            and tuple(entry.shape) == tuple(plans[0].shape) and min(entry.shape) > 0
+    return (len(recipes) == 1 and recipes[0].changed and blockable(recipes[0], settings, device)
+            and tuple(entry.shape) == tuple(recipes[0].shape) and min(entry.shape) > 0
             and entry.dtype in FLOAT_DTYPES)
 
 
@@ -212,12 +213,12 @@ class BlockedRows:
     """The blocked merge of one plain linear LoRA target, row range by row range: a large
     tensor goes through in groups of rows, so no buffer has to hold all of it."""
 
-    def __init__(self, plan: TensorPlan, base_dtype: torch.dtype, workspace: Workspace):
-        self.plan = plan
+    def __init__(self, recipe: TensorRecipe, base_dtype: torch.dtype, workspace: Workspace):
+        self.recipe = recipe
         self.workspace = workspace
-        self.out_dtype = DTYPES[plan.dtype]
-        self.cols = plan.shape[1]
-        self.factors = [(*c.factors(torch.device("cpu")), c.alpha) for c in plan.low_rank]
+        self.out_dtype = DTYPES[recipe.dtype]
+        self.cols = recipe.shape[1]
+        self.factors = [(*c.factors(torch.device("cpu")), c.alpha) for c in recipe.low_rank]
         self.step = block_rows(self.cols)
         self.check_range = not _rounding_cannot_overflow(base_dtype, self.out_dtype,
                                                          self.factors)
@@ -251,7 +252,7 @@ class BlockedRows:
 
         if not all(workspace.pool.map_rows(base.shape[0], step, run)):
             # a finite tensor whose sum overflowed gets the exact test
-            _check_finite(out, self.plan, f" (in {self.plan.dtype})")
+            _check_finite(out, self.recipe, f" (in {self.recipe.dtype})")
 
 
 def _rounding_cannot_overflow(base_dtype: torch.dtype, out_dtype: torch.dtype,
@@ -268,13 +269,13 @@ def _rounding_cannot_overflow(base_dtype: torch.dtype, out_dtype: torch.dtype,
     return bound < out_max * eps / 2
 
 
-def _check_finite(tensor: torch.Tensor, plan: TensorPlan, when: str) -> None:
+def _check_finite(tensor: torch.Tensor, recipe: TensorRecipe, when: str) -> None:
     # A NaN or Inf anywhere makes the sum non-finite; a reduction is much cheaper than an
     # elementwise isfinite. A finite tensor whose sum overflows gets the exact test.
     total = tensor.sum(dtype=torch.float32) if tensor.is_floating_point() else tensor.sum()
     if bool(torch.isfinite(total)):
         return
     if not bool(torch.isfinite(tensor).all()):
-        adapters = ", ".join(plan.adapters()) or "no adapter"
-        raise UserError(f"{plan.name}: merged values are not finite (NaN or Inf){when}; "
+        adapters = ", ".join(recipe.adapters()) or "no adapter"
+        raise UserError(f"{recipe.name}: merged values are not finite (NaN or Inf){when}; "
                         f"check adapter(s) {adapters}")

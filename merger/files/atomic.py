@@ -1,8 +1,15 @@
-"""Atomic publishing of a directory: build it in a staging sibling, rename it into place."""
+"""Atomic publishing of a directory: build it in a staging sibling, rename it into place.
+
+A staging directory is locked (flock on the directory itself) for as long as its writer
+lives; the kernel drops the lock when the process dies, however it dies. A later run
+removes the unlocked ones. PIDs cannot tell this: a Job step is PID 1 in every container.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import shutil
 import tempfile
@@ -14,29 +21,56 @@ from lorafuse.errors import UserError
 _STAGING_TAG = ".lorafuse-staging-"
 
 
+class TargetExists(UserError):
+    """Another process published the same path first (e.g. a second Job of one plan)."""
+
+
 def _staging_prefix(out: Path) -> str:
     return f".{out.name}{_STAGING_TAG}"
 
 
-def _pid_alive(pid: int) -> bool:
+def _try_lock(path: Path) -> int | None:
+    """An fd holding an exclusive flock on `path`, or None if a live process holds it."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def remove_stale_staging(out: Path) -> None:
-    """Remove staging dirs for `out` left by runs that were killed (their pid is gone)."""
-    prefix = _staging_prefix(out)
+    """Remove staging dirs for `out` whose writer is gone (nobody holds their lock)."""
     if not out.parent.is_dir():
         return
-    for candidate in out.parent.glob(f"{prefix}*"):
-        pid_text = candidate.name[len(prefix):].split("-", 1)[0]
-        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+    for candidate in out.parent.glob(f"{_staging_prefix(out)}*"):
+        fd = _try_lock(candidate)
+        if fd is None:
+            continue
+        try:
             shutil.rmtree(candidate, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
+def _locked_staging(out: Path) -> tuple[Path, int]:
+    """A new staging dir and the fd that holds its lock; retried if a cleaner removed it
+    between its creation and the lock (it then looked stale)."""
+    while True:
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=_staging_prefix(out)))
+        fd = _try_lock(staging)
+        if fd is None:
+            continue
+        try:
+            if os.stat(staging).st_ino == os.fstat(fd).st_ino:
+                return staging, fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:
@@ -45,6 +79,19 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file, then every directory bottom-up: after a crash a published rename
+    must not point at empty or short files."""
+    for directory, _, files in os.walk(root, topdown=False):
+        for name in files:
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(directory))
 
 
 def _chmod_default(directory: Path) -> None:
@@ -60,28 +107,36 @@ def _chmod_default(directory: Path) -> None:
 def staging_dir(out: Path) -> Iterator[Path]:
     """Yield an empty sibling dir of `out`; on success rename it to `out`, else remove it.
 
-    A process killed mid-way leaves only a hidden `.NAME.lorafuse-staging-PID-*` sibling
-    (removed by the next run for the same `out`), never a partial `out`.
+    A process killed mid-way leaves only a hidden, unlocked `.NAME.lorafuse-staging-*`
+    sibling (removed by the next run for the same `out`), never a partial `out`. Losing the
+    rename to another process raises TargetExists.
     """
     out = Path(out)
     if out.exists():
-        raise UserError(f"{out}: already exists")
+        raise TargetExists(f"{out}: already exists")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"{out.parent}: cannot create ({exc.strerror})") from exc
     remove_stale_staging(out)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{_staging_prefix(out)}{os.getpid()}-"))
+    staging, lock = _locked_staging(out)
     try:
         yield staging
         _chmod_default(staging)
-        fsync_dir(staging)
-        try:
-            os.rename(staging, out)
-        except OSError as exc:
-            raise UserError(f"{out}: cannot publish ({exc.strerror}); it may have been "
-                            "created by another process meanwhile") from exc
+        fsync_tree(staging)
+        _rename(staging, out)
         fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        os.close(lock)
+
+
+def _rename(staging: Path, out: Path) -> None:
+    try:
+        os.rename(staging, out)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise TargetExists(f"{out}: created by another process meanwhile") from exc
+        raise UserError(f"{out}: cannot publish ({exc.strerror})") from exc

@@ -12,28 +12,23 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 
 class OrderedIO:
-    """Background lanes for file writes, each a thread running its tasks in submission order
-    (writing a large model takes about as long as the merge).
+    """File writes on one background thread, run in submission order (writing a large model
+    takes about as long as the merge).
 
     A buffer handed to tasks is 'fenced' until they ran; `wait(buffer)` blocks until the
     buffer may be overwritten. The first failure (e.g. a full disk) is raised by the next
     `submit`, `wait` or `drain`, and later tasks are skipped."""
 
-    LANES = ("write",)
-
     def __init__(self) -> None:
-        self._lanes = {
-            name: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"lorafuse-{name}")
-            for name in self.LANES
-        }
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorafuse-write")
         self._fences: dict[int, tuple[object, list[Future]]] = {}
-        self._last: dict[str, Future] = {}
+        self._last: Future | None = None
         self._error: BaseException | None = None
 
-    def submit(self, lane: str, function: Callable, *args, fence: object | None = None) -> None:
+    def submit(self, function: Callable, *args, fence: object | None = None) -> None:
         self._raise_error()
-        future = self._lanes[lane].submit(self._run, function, *args)
-        self._last[lane] = future
+        future = self._writer.submit(self._run, function, *args)
+        self._last = future
         if fence is not None:
             entry = self._fences.setdefault(id(fence), (fence, []))
             entry[1].append(future)
@@ -53,8 +48,8 @@ class OrderedIO:
         self._raise_error()
 
     def drain(self) -> None:
-        for future in self._last.values():
-            future.result()
+        if self._last is not None:
+            self._last.result()
         self._fences.clear()
         self._raise_error()
 
@@ -63,8 +58,7 @@ class OrderedIO:
             raise self._error
 
     def close(self) -> None:
-        for lane in self._lanes.values():
-            lane.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
         self._fences.clear()
 
 

@@ -25,15 +25,21 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorafuse.errors import UserError, ValidationFailed
+from lorafuse.errors import UserError, ValidationFailed, first_error
 from lorafuse.jsonfile import read_json, write_json
 from lorafuse.merger.files.digest import scan_artifact, verify_artifact
+from lorafuse.merger.pipeline.completion import adoption_conflict, completed, write_record
 from lorafuse.merger.pipeline.plan import MergePlan
+from lorafuse.merger.pipeline.result import (
+    AdapterDigest,
+    ArtifactResult,
+    JobResult,
+    ProvenanceSummary,
+    ValidationSummary,
+)
+from lorafuse.merger.pipeline.steps import STEPS
 
 log = logging.getLogger(__name__)
-
-STEPS = ("fetch", "merge", "quantize", "validate", "publish")
-RESULT_LIMIT = 4096  # Kubernetes cuts termination messages at 4096 bytes
 
 
 @dataclass
@@ -72,9 +78,7 @@ def load_plan(path: Path) -> MergePlan:
     try:
         return MergePlan.model_validate(data)
     except ValidationError as exc:
-        problem = exc.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"]) or "plan"
-        raise UserError(f"{path}: {where}: {problem['msg']}") from None
+        raise UserError(f"{path}: {first_error(exc)}") from None
 
 
 def default_workdir(plan: MergePlan) -> Path:
@@ -99,7 +103,7 @@ def claim_workdir(plan: MergePlan, root: Path) -> Workdir:
     return work
 
 
-def run_step(step: str, plan: MergePlan, work: Workdir) -> dict:
+def run_step(step: str, plan: MergePlan, work: Workdir) -> JobResult:
     """Run one step; returns its result (the full Job result for publish)."""
     steps = {"fetch": fetch, "merge": merge, "quantize": quantize, "validate": validate,
              "publish": publish}
@@ -111,7 +115,7 @@ def run_step(step: str, plan: MergePlan, work: Workdir) -> dict:
 # --- fetch ------------------------------------------------------------------------------
 
 
-def fetch(plan: MergePlan, work: Workdir) -> dict:
+def fetch(plan: MergePlan, work: Workdir) -> JobResult:
     """Resolve every source to a local directory (downloading hf:// ones) and check inputs."""
     from lorafuse.merger.pipeline.sources import resolve_source
 
@@ -165,16 +169,18 @@ def _sources(work: Workdir) -> dict:
 # --- merge ------------------------------------------------------------------------------
 
 
-def merge(plan: MergePlan, work: Workdir) -> dict:
+def merge(plan: MergePlan, work: Workdir) -> JobResult:
     import torch
 
     from lorafuse.merger.engine.merge import MergeOptions
     from lorafuse.merger.engine.merge import merge as merge_models
 
-    if _is_model(work.merged):
+    if completed(work.root, "merge", plan.content_hash(), work.merged):
         return _ok("merge", f"already merged in {work.merged}")
     sources = _sources(work)
     base = sources["base"]
+    if work.merged.exists():  # no record: a crash before the record, never a finished step
+        shutil.rmtree(work.merged)
     result = merge_models(MergeOptions(
         base=Path(base["path"]),
         adapters=[Path(a["path"]) for a in sources["adapters"]],
@@ -192,28 +198,32 @@ def merge(plan: MergePlan, work: Workdir) -> dict:
                          for a in sources["adapters"]],
         },
     ))
+    write_record(work.root, "merge", plan.content_hash(), work.merged)
     return _ok("merge", f"merged {result.tensors_merged} tensors into {work.merged}")
 
 
 # --- quantize ---------------------------------------------------------------------------
 
 
-def quantize(plan: MergePlan, work: Workdir) -> dict:
+def quantize(plan: MergePlan, work: Workdir) -> JobResult:
     from lorafuse.merger.pipeline.quantize import QuantizeOptions
     from lorafuse.merger.pipeline.quantize import quantize as quantize_model
 
     quant = plan.quantization
     if quant.method == "none":
         return _ok("quantize", "no quantization asked for")
-    if _is_model(work.quantized):
+    if completed(work.root, "quantize", plan.content_hash(), work.quantized):
         return _ok("quantize", f"already quantized in {work.quantized}")
-    if not _is_model(work.merged):
+    if not completed(work.root, "merge", plan.content_hash(), work.merged):
         raise UserError(f"{work.root}: the merge step has not run")
+    if work.quantized.exists():  # no record: a crash before the record, never a finished step
+        shutil.rmtree(work.quantized)
     calibration = Path(quant.calibration) if quant.calibration else None
     quantize_model(QuantizeOptions(
         model=work.merged, out=work.quantized, method=quant.method, calibration=calibration,
         samples=quant.samples, seq_len=quant.seq_len,
     ))
+    write_record(work.root, "quantize", plan.content_hash(), work.quantized)
     return _ok("quantize", f"quantized with {quant.method} into {work.quantized}")
 
 
@@ -224,16 +234,16 @@ def candidate_dir(plan: MergePlan, work: Workdir) -> Path:
 # --- validate ---------------------------------------------------------------------------
 
 
-def validate(plan: MergePlan, work: Workdir) -> dict:
+def validate(plan: MergePlan, work: Workdir) -> JobResult:
     """Compare the candidate with base + adapters; a failure is recorded and reported again."""
-    if work.validation.is_file():
-        report = read_json(work.validation)
-    else:
-        report = _run_validation(plan, work)
+    report = read_json(work.validation) if work.validation.is_file() else {}
+    if report.get("content_hash") != plan.content_hash():  # not this plan's: validate again
+        report = {**_run_validation(plan, work), "content_hash": plan.content_hash()}
         write_json(work.validation, report)
     if not report["passed"]:
         raise ValidationFailed("; ".join(report["reasons"]))
-    return {**_ok("validate", "candidate passed validation"), "validation": _summary(report)}
+    result = _ok("validate", "candidate passed validation")
+    return result.model_copy(update={"validation": _summary(report)})
 
 
 def _run_validation(plan: MergePlan, work: Workdir) -> dict:
@@ -241,8 +251,8 @@ def _run_validation(plan: MergePlan, work: Workdir) -> dict:
     from lorafuse.merger.pipeline.validate import validate as validate_model
 
     candidate = candidate_dir(plan, work)
-    if not _is_model(candidate):
-        step = "merge" if candidate == work.merged else "quantize"
+    step = "merge" if candidate == work.merged else "quantize"
+    if not completed(work.root, step, plan.content_hash(), candidate):
         raise UserError(f"{work.root}: the {step} step has not run")
     sources = _sources(work)
     check = plan.validation
@@ -258,54 +268,64 @@ def _run_validation(plan: MergePlan, work: Workdir) -> dict:
     return {**report.to_dict(), "eval": check.eval}
 
 
-def _summary(report: dict) -> dict:
-    keys = ("passed", "score_candidate", "score_reference", "delta", "token_agreement",
-            "mean_kl", "max_logit_diff")
-    return {key: report.get(key) for key in keys}
+def _summary(report: dict) -> ValidationSummary:
+    return ValidationSummary.model_validate(report)
 
 
 # --- publish ----------------------------------------------------------------------------
 
 
-def publish(plan: MergePlan, work: Workdir) -> dict:
+def publish(plan: MergePlan, work: Workdir) -> JobResult:
     """Rename the validated candidate into ARTIFACT_ROOT/NAME and build the Job result."""
     from lorafuse.merger.engine.provenance import read_provenance, write_provenance
-    from lorafuse.merger.files.atomic import staging_dir
+    from lorafuse.merger.files.atomic import TargetExists, staging_dir
 
     target = Path(plan.artifact_path())
     if target.exists():
         return _existing_result(plan, work, target)
-    if not work.validation.is_file():
+    report = read_json(work.validation) if work.validation.is_file() else {}
+    if report.get("content_hash") != plan.content_hash():
         raise UserError(f"{work.root}: the validate step has not run")
-    report = read_json(work.validation)
     if not report["passed"]:
         raise ValidationFailed("not published: " + "; ".join(report["reasons"]))
     candidate = candidate_dir(plan, work)
-    with staging_dir(target) as staging:
-        _link_tree(candidate, staging)
-        provenance = read_provenance(staging)
-        provenance["validation"] = {**_summary(report), "reasons": report["reasons"],
-                                    "thresholds": report["thresholds"], "eval": report.get("eval"),
-                                    "prompts": report["prompts"]}
-        provenance["plan"] = {"content_hash": plan.content_hash(), "artifact": target.name}
-        write_provenance(staging, provenance)
-        result = _job_result(plan, target, scan_artifact(staging), report, provenance, staging)
-    write_json(work.result, result)
+    try:
+        with staging_dir(target) as staging:
+            _link_tree(candidate, staging)
+            provenance = read_provenance(staging)
+            provenance["validation"] = {**_summary(report).model_dump(),
+                                        "reasons": report["reasons"],
+                                        "thresholds": report["thresholds"],
+                                        "eval": report.get("eval"), "prompts": report["prompts"]}
+            provenance["plan"] = {"content_hash": plan.content_hash(), "artifact": target.name}
+            write_provenance(staging, provenance)
+            result = _job_result(plan, target, scan_artifact(staging), report, provenance,
+                                 staging)
+    except TargetExists:  # another Job of this plan published first: use its artifact
+        return _existing_result(plan, work, target)
+    # the last step checks what it reports: the published files, read back, hash to it
+    verify_artifact(target, result.artifact.digest)
+    write_json(work.result, result.model_dump(mode="json"))
     return result
 
 
-def _existing_result(plan: MergePlan, work: Workdir, target: Path) -> dict:
-    """The artifact is there already (a repeated step, or a Job for the same plan)."""
-    if work.result.is_file():
-        result = read_json(work.result)
-        if result.get("artifact", {}).get("path") == str(target):
-            return result
+def _existing_result(plan: MergePlan, work: Workdir, target: Path) -> JobResult:
+    """The artifact is there already (a repeated step, or a Job for the same plan); it is
+    used only if its provenance names this plan and a passed validation."""
     from lorafuse.merger.engine.provenance import read_provenance
 
-    provenance = read_provenance(target)
+    provenance = read_provenance(target) if target.is_dir() else {}
+    conflict = adoption_conflict(provenance, plan.content_hash())
+    if conflict:
+        raise UserError(f"{target}: already exists but is not this plan's validated artifact "
+                        f"({conflict}); refusing to adopt it")
+    if work.result.is_file():
+        result = JobResult.model_validate(read_json(work.result))
+        if result.artifact and result.artifact.path == str(target):
+            return result
     report = provenance.get("validation") or {}
     result = _job_result(plan, target, scan_artifact(target), report, provenance, target)
-    write_json(work.result, result)
+    write_json(work.result, result.model_dump(mode="json"))
     return result
 
 
@@ -324,32 +344,28 @@ def _link_tree(source: Path, staging: Path) -> None:
             shutil.copy2(path, staging / relative)
 
 
-def _job_result(plan, target: Path, scan, report: dict, provenance: dict, model_dir: Path) -> dict:
+def _job_result(
+    plan, target: Path, scan, report: dict, provenance: dict, model_dir: Path
+) -> JobResult:
     from lorafuse.serving.tuning import read_model_shape
 
     base = provenance.get("base") or {}
-    result = {
-        "ok": True,
-        "step": "publish",
-        "reason": None,
-        "message": f"published {target.name}",
-        "artifact": {
-            "name": target.name,
-            "path": str(target),
-            "digest": scan.digest,
-            "bytes": scan.bytes,
-            "quantization": plan.quantization.method,
-        },
-        "validation": _summary(report) if report else None,
-        "provenance": {
-            "base": plan.base,
-            "base_revision": base.get("revision"),
-            "adapters": [{"name": a.get("name"), "sha256": _adapter_sha256(a)}
-                         for a in provenance.get("adapters", [])],
-        },
-        "model_shape": read_model_shape(model_dir).model_dump(mode="json"),
-    }
-    return fit_result(result)
+    result = JobResult(
+        ok=True,
+        step="publish",
+        message=f"published {target.name}",
+        artifact=ArtifactResult(name=target.name, path=str(target), digest=scan.digest,
+                                bytes=scan.bytes, quantization=plan.quantization.method),
+        validation=_summary(report) if report else None,
+        provenance=ProvenanceSummary(
+            base=plan.base,
+            base_revision=base.get("revision"),
+            adapters=[AdapterDigest(name=a.get("name"), sha256=_adapter_sha256(a))
+                      for a in provenance.get("adapters", [])],
+        ),
+        model_shape=read_model_shape(model_dir).model_dump(mode="json"),
+    )
+    return result.fitted()
 
 
 def _adapter_sha256(adapter: dict) -> str | None:
@@ -364,11 +380,11 @@ def _adapter_sha256(adapter: dict) -> str | None:
 # --- results ----------------------------------------------------------------------------
 
 
-def _ok(step: str, message: str) -> dict:
-    return {"ok": True, "step": step, "reason": None, "message": message}
+def _ok(step: str, message: str) -> JobResult:
+    return JobResult(ok=True, step=step, message=message)
 
 
-def failure_result(step: str, exc: BaseException, work: Workdir | None = None) -> dict:
+def failure_result(step: str, exc: BaseException, work: Workdir | None = None) -> JobResult:
     """What a failed step reports: which step, why (a reason word) and a one-line message."""
     if isinstance(exc, ValidationFailed):
         reason = "ValidationFailed"
@@ -379,45 +395,22 @@ def failure_result(step: str, exc: BaseException, work: Workdir | None = None) -
     else:
         reason = "Error"
     message = " ".join(str(exc).split()) or type(exc).__name__
-    result = {"ok": False, "step": step, "reason": reason, "message": message, "artifact": None,
-              "validation": None, "provenance": None, "model_shape": None}
+    validation = None
     if reason == "ValidationFailed" and work and work.validation.is_file():
-        result["validation"] = _summary(read_json(work.validation))
-    return fit_result(result)
-
-
-def fit_result(result: dict) -> dict:
-    """Shrink a result until it fits a termination message: message, hashes, lists, shape."""
-    import json
-
-    def size() -> int:
-        return len(json.dumps(result, separators=(",", ":")).encode())
-
-    if size() > RESULT_LIMIT and result.get("message"):
-        result["message"] = result["message"][:500]
-    provenance = result.get("provenance") or {}
-    adapters = provenance.get("adapters") or []
-    if size() > RESULT_LIMIT:
-        for adapter in adapters:
-            adapter["sha256"] = (adapter.get("sha256") or "")[:16] or None
-    while size() > RESULT_LIMIT and len(adapters) > 1:
-        adapters.pop()
-        provenance["adapters_omitted"] = provenance.get("adapters_omitted", 0) + 1
-    if size() > RESULT_LIMIT:
-        result["model_shape"] = None
-    return result
+        validation = _summary(read_json(work.validation))
+    result = JobResult(ok=False, step=step, reason=reason, message=message, validation=validation)
+    return result.fitted()
 
 
 # --- verify -----------------------------------------------------------------------------
 
 
-def verify(artifact: Path, digest: str) -> dict:
+def verify(artifact: Path, digest: str) -> JobResult:
     """What serving pods run before vLLM starts: the artifact's files hash to `digest`."""
     scan = verify_artifact(artifact, digest)
-    return {"ok": True, "step": "verify", "reason": None,
-            "message": f"{artifact}: digest verified ({len(scan.files)} files)",
-            "artifact": {"path": str(artifact), "digest": scan.digest, "bytes": scan.bytes}}
-
-
-def _is_model(directory: Path) -> bool:
-    return (directory / "config.json").is_file()
+    return JobResult(
+        ok=True,
+        step="verify",
+        message=f"{artifact}: digest verified ({len(scan.files)} files)",
+        artifact=ArtifactResult(path=str(artifact), digest=scan.digest, bytes=scan.bytes),
+    )

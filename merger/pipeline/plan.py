@@ -10,10 +10,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lorafuse import __version__
+from lorafuse.merger.engine.choices import CombineMethod, OutputDtype
 
 SOURCE_PATTERN = r"^(/|pvc://|hf://).+"
-CombineMethod = Literal["linear", "ties", "dare_linear", "dare_ties"]
-OutputDtype = Literal["auto", "bfloat16", "float16", "float32"]
 QuantMethod = Literal["none", "awq", "gptq", "fp8"]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from lorafuse import __version__
-from lorafuse.errors import UserError
+from lorafuse.errors import UserError, first_line
 from lorafuse.merger.engine.provenance import (
     PROVENANCE_NAME,
     read_provenance,
@@ -173,7 +173,7 @@ def _load(model_dir: Path):
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
     except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"{model_dir}: cannot load the model ({_first_line(exc)})") from None
+        raise UserError(f"{model_dir}: cannot load the model ({first_line(exc)})") from None
     if getattr(model.config, "quantization_config", None):
         raise UserError(f"{model_dir}: already quantized; quantize the merged model instead")
     return model.eval()
@@ -249,7 +249,7 @@ def _run_oneshot(compressor, model, recipe, dataset, calibration, model_dir: Pat
         log.debug("llm-compressor failed", exc_info=True)
         raise UserError(
             f"{model_dir}: llm-compressor cannot quantize {type(model).__name__} with {method} "
-            f"({type(exc).__name__}: {_first_line(exc)})"
+            f"({type(exc).__name__}: {first_line(exc)})"
         ) from None
 
 
@@ -292,8 +292,3 @@ def _provenance(model_dir: Path, section: dict) -> dict:
                 "model": {"path": str(model_dir)}}
     data["quantization"] = section
     return data
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__

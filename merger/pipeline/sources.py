@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from lorafuse.errors import UserError
 
@@ -15,6 +16,8 @@ PVC_ROOT_ENV = "LORAFUSE_PVC_ROOT"
 DEFAULT_PVC_ROOT = "/sources"  # where the operator mounts pvc:// claims in Job pods
 
 # Never fetched from the Hub: pickled weights (never unpickled here) and duplicate formats.
+# A PersistentVolumeClaim name as the operator mounts it: one DNS label (RFC 1123).
+CLAIM_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 HUB_IGNORE = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.h5", "*.msgpack", "*.onnx",
               "*.gguf", "original/*"]
 
@@ -40,12 +43,23 @@ def local_path(source: str) -> Path | None:
         claim, _, rest = source.removeprefix("pvc://").partition("/")
         if not claim:
             raise UserError(f"{source}: expected pvc://CLAIM/PATH")
-        return pvc_root() / claim / rest
+        if not CLAIM_NAME.match(claim):
+            raise UserError(f"{source}: claim name {claim!r} is not a DNS label "
+                            "(lower-case letters, digits and '-', at most 63)")
+        return pvc_root() / claim / _contained(source, rest)
     if source.startswith("hf://"):
         return None
     if not source.startswith("/"):
         raise UserError(f"{source}: expected /path, pvc://claim/path or hf://org/name@revision")
-    return Path(source)
+    return Path("/") / _contained(source, source)
+
+
+def _contained(source: str, path: str) -> PurePosixPath:
+    """A path without '..' parts (the operator mounts only what a source names)."""
+    relative = PurePosixPath(path.lstrip("/"))
+    if ".." in relative.parts or "\0" in path:
+        raise UserError(f"{source}: '..' is not allowed in a source path")
+    return relative
 
 
 def parse_hub(source: str) -> tuple[str, str]:
@@ -65,7 +79,17 @@ def resolve_source(source: str, cache_dir: Path | None = None) -> ResolvedSource
     if not path.is_dir():
         where = f" ({path})" if str(path) != source else ""
         raise UserError(f"{source}: no such directory{where}")
+    if source.startswith("pvc://"):
+        _inside_claim(source, path)
     return ResolvedSource(source=source, path=str(path))
+
+
+def _inside_claim(source: str, path: Path) -> None:
+    """Links inside a claim may not lead out of it (into another claim or the pod)."""
+    claim_root = os.path.realpath(pvc_root() / source.removeprefix("pvc://").split("/", 1)[0])
+    real = os.path.realpath(path)
+    if real != claim_root and not real.startswith(claim_root.rstrip("/") + "/"):
+        raise UserError(f"{source}: leads outside its claim (to {real})")
 
 
 def _download(source: str, cache_dir: Path | None) -> ResolvedSource:

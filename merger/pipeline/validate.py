@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from lorafuse.errors import UserError
+from lorafuse.errors import UserError, first_line
 from lorafuse.jsonl import read_records, text_field
 
 log = logging.getLogger(__name__)
@@ -70,9 +71,9 @@ class ValidationReport:
     score_candidate: float | None
     score_reference: float | None
     delta: float | None
-    token_agreement: float
-    mean_kl: float
-    max_logit_diff: float
+    token_agreement: float | None
+    mean_kl: float | None
+    max_logit_diff: float | None
     reasons: list[str]  # why it failed; empty when it passed
     prompts: int
     positions: int
@@ -164,16 +165,39 @@ class _Totals:
         self.agree += int((ref_logits.argmax(-1) == cand_logits.argmax(-1)).sum())
         self.positions += ref_logits.shape[0]
         self.kl_sum += float((ref_logp.exp() * (ref_logp - cand_logp)).sum(-1).clamp_min(0).sum())
-        self.max_diff = max(self.max_diff, float((ref_logits - cand_logits).abs().max()))
+        diff = float((ref_logits - cand_logits).abs().max())
+        # max() keeps its first argument when compared with NaN: a NaN must stick instead
+        if not math.isnan(self.max_diff) and not diff <= self.max_diff:
+            self.max_diff = diff
+
+
+def _gguf_file(candidate: Path) -> Path | None:
+    """The GGUF file a candidate names: FILE.gguf, or a GGUF artifact dir (no config.json)."""
+    candidate = Path(candidate)
+    if candidate.suffix == ".gguf":
+        if not candidate.is_file():
+            raise UserError(f"{candidate}: GGUF file not found")
+        return candidate
+    files = sorted(candidate.glob("*.gguf")) if candidate.is_dir() else []
+    if len(files) == 1 and not (candidate / "config.json").is_file():
+        return files[0]
+    return None
+
+
+def _pretrained_args(model_dir: Path) -> tuple[Path, dict]:
+    """from_pretrained's arguments: a GGUF is loaded (dequantized) from its folder by name."""
+    gguf = _gguf_file(model_dir)
+    return (gguf.parent, {"gguf_file": gguf.name}) if gguf else (Path(model_dir), {})
 
 
 def _load_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(model_dir)
+        folder, extra = _pretrained_args(model_dir)
+        return AutoTokenizer.from_pretrained(folder, **extra)
     except (OSError, ValueError) as exc:
-        raise UserError(f"{model_dir}: cannot load its tokenizer ({_first_line(exc)})") from None
+        raise UserError(f"{model_dir}: cannot load its tokenizer ({first_line(exc)})") from None
 
 
 def _encode(tokenizer, prompt: str) -> torch.Tensor:
@@ -186,12 +210,13 @@ def _encode(tokenizer, prompt: str) -> torch.Tensor:
 def _load_model(model_dir: Path, device: str, dtype: torch.dtype, role: str):
     from transformers import AutoModelForCausalLM
 
-    if not (Path(model_dir) / "config.json").is_file():
+    folder, extra = _pretrained_args(model_dir)
+    if not extra and not (folder / "config.json").is_file():
         raise UserError(f"{model_dir}: {role} is not a model directory (no config.json)")
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
     except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"{model_dir}: cannot load the {role} ({_first_line(exc)})") from None
+        raise UserError(f"{model_dir}: cannot load the {role} ({first_line(exc)})") from None
     return model.to(device).eval()
 
 
@@ -213,7 +238,7 @@ def _load_reference(base: Path, adapters: list[Path], weights: list[float], devi
             else:
                 model.load_adapter(path, adapter_name=name)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise UserError(f"{path}: PEFT cannot load this adapter ({_first_line(exc)})") from None
+            raise UserError(f"{path}: PEFT cannot load this adapter ({first_line(exc)})") from None
     model.base_model.set_adapter(names)
     for module in model.modules():
         if isinstance(module, LoraLayer):
@@ -279,6 +304,11 @@ def _item_result(item: EvalItem, reference_text: str, candidate_text: str) -> It
     )
 
 
+def _finite_or_none(value: float | None) -> float | None:
+    """Reports reach JSON and Kubernetes status, where NaN and Infinity are not numbers."""
+    return value if value is not None and math.isfinite(value) else None
+
+
 def _report(results: list[ItemResult], totals: _Totals, limits: Thresholds) -> ValidationReport:
     scored = [r for r in results if r.expected is not None]
     score_ref = score_cand = delta = None
@@ -300,22 +330,18 @@ def _report(results: list[ItemResult], totals: _Totals, limits: Thresholds) -> V
         )
     if mean_kl > limits.max_mean_kl:
         reasons.append(f"mean KL {mean_kl:.4f} nats is above {limits.max_mean_kl}")
+    metrics = {"score_candidate": score_cand, "score_reference": score_ref, "delta": delta,
+               "token_agreement": agreement, "mean_kl": mean_kl,
+               "max_logit_diff": totals.max_diff}
+    reasons += [f"{name} is {value} (not a finite number)" for name, value in metrics.items()
+                if value is not None and not math.isfinite(value)]
+    metrics = {name: _finite_or_none(value) for name, value in metrics.items()}
     return ValidationReport(
         passed=not reasons,
-        score_candidate=score_cand,
-        score_reference=score_ref,
-        delta=delta,
-        token_agreement=agreement,
-        mean_kl=mean_kl,
-        max_logit_diff=totals.max_diff,
+        **metrics,
         reasons=reasons,
         prompts=len(results),
         positions=totals.positions,
         thresholds=asdict(limits),
         items=results,
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

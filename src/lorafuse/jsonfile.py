@@ -26,9 +26,28 @@ def write_json(path: Path, data: object) -> None:
             os.fsync(handle.fileno())
         os.chmod(temp, 0o644)
         os.replace(temp, path)
+        _fsync_dir(path.parent)  # the rename itself survives a crash only with its directory
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def loads_json(raw: bytes | str, path: Path) -> object:
+    """JSON text parsed; invalid or absurdly nested JSON is a UserError naming `path`."""
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: invalid JSON ({exc})") from None
+    except RecursionError:
+        raise UserError(f"{path}: invalid JSON (nested too deeply)") from None
 
 
 def read_json(path: Path, missing: str = "not found") -> dict:
@@ -38,13 +57,12 @@ def read_json(path: Path, missing: str = "not found") -> dict:
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: {missing}") from None
     except OSError as exc:
         raise UserError(f"{path}: unreadable ({exc.strerror})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: invalid JSON ({exc})") from None
+    data = loads_json(raw, path)
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object")
     return data

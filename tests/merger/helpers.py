@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -159,3 +162,71 @@ def tree_state(*roots: Path) -> dict[str, tuple[int, int, int]]:
             state[str(path)] = (info.st_ino, info.st_mtime_ns, info.st_size)
     return state
 
+
+
+def lorafuse_command(*args) -> list[str]:
+    """The CLI as a separate process (for kill and PID-namespace tests)."""
+    return [sys.executable, "-c", "import sys; from lorafuse.cli import main; sys.exit(main())",
+            *map(str, args)]
+
+
+def as_pid_one(command: list[str]) -> list[str]:
+    """`command` as PID 1 of a new PID namespace, as a container's entrypoint runs."""
+    return ["unshare", "--pid", "--fork", "--mount-proc", *command]
+
+
+def namespace_init(unshare_pid: int, timeout: float = 30) -> int:
+    """The host PID of the process that `unshare --fork` started (PID 1 inside)."""
+    deadline = time.monotonic() + timeout
+    children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children")
+    while time.monotonic() < deadline:
+        found = children.read_text().split() if children.exists() else []
+        if found:
+            return int(found[0])
+        time.sleep(0.01)
+    raise AssertionError("unshare started no process")
+
+
+def tree_digest(*roots: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for root in roots for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def fails_cleanly(capsys, base, adapters, out, *extra, expect: str, names: Path) -> str:
+    """Exit 2, a single stderr line containing `expect` and the file name, nothing at out."""
+    before = tree_digest(base, *adapters) if base.exists() else {}
+    capsys.readouterr()
+    assert merge_cli(base, adapters, out, *extra) == 2
+    stderr = capsys.readouterr().err
+    err = [line for line in stderr.splitlines() if "error" in line.lower()]
+    assert len(err) == 1 and err[0].startswith("lorafuse merge: error: "), stderr
+    assert expect in err[0] and str(names) in err[0], err[0]
+    assert "Traceback" not in stderr
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}.lorafuse-staging-*"))
+    if before:
+        assert tree_digest(base, *adapters) == before
+    return err[0]
+
+
+def edit_json(path: Path, **fields) -> None:
+    """Set top-level fields of a JSON file (e.g. adapter_config.json)."""
+    data = json.loads(path.read_text())
+    data.update(fields)
+    path.write_text(json.dumps(data))
+
+
+def rewrite_header(path: Path, edit) -> None:
+    """Replace a safetensors file's header with `edit(header_dict)`, keeping the data bytes."""
+    raw = path.read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    header = edit(json.loads(raw[8:8 + length]))
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + length:])
+
+
+def first_key(path: Path, part: str) -> str:
+    """The first tensor key of a safetensors file that contains `part`."""
+    raw = path.read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    return next(key for key in sorted(header) if part in key)

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.merger.helpers import assert_close, load_output, merge_cli, peft_merged
-
-
-def tree_digest(*roots: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-            for root in roots for p in sorted(root.rglob("*")) if p.is_file()}
+from tests.merger.helpers import (
+    assert_close,
+    edit_json,
+    fails_cleanly,
+    first_key,
+    load_output,
+    merge_cli,
+    peft_merged,
+    rewrite_header,
+    tree_digest,
+)
 
 
 @pytest.fixture
@@ -26,23 +31,6 @@ def inputs(tiny_base, tiny_adapter, tmp_path):
     source = tiny_adapter(tiny_base("llama"), target_modules=["q_proj", "v_proj"])
     adapter = shutil.copytree(source, tmp_path / "adapter")
     return base, adapter
-
-
-def fails_cleanly(capsys, base, adapters, out, *extra, expect: str, names: Path) -> str:
-    """Exit 2, a single stderr line containing `expect` and the file name, nothing at out."""
-    before = tree_digest(base, *adapters) if base.exists() else {}
-    capsys.readouterr()
-    assert merge_cli(base, adapters, out, *extra) == 2
-    stderr = capsys.readouterr().err
-    err = [line for line in stderr.splitlines() if "error" in line.lower()]
-    assert len(err) == 1 and err[0].startswith("lorafuse merge: error: "), stderr
-    assert expect in err[0] and str(names) in err[0], err[0]
-    assert "Traceback" not in stderr
-    assert not out.exists()
-    assert not list(out.parent.glob(f".{out.name}.lorafuse-staging-*"))
-    if before:
-        assert tree_digest(base, *adapters) == before
-    return err[0]
 
 
 def test_adapter_for_another_base_is_a_shape_mismatch(inputs, tiny_base, tiny_adapter, tmp_path,
@@ -215,3 +203,142 @@ def test_overflow_when_rounding_to_float16_is_refused(inputs, tmp_path, capsys):
     save_file(tensors, path, metadata={"format": "pt"})
     fails_cleanly(capsys, base, [adapter], tmp_path / "out", "--dtype", "float16",
                   expect="not finite", names="model.layers.0.self_attn.q_proj.weight")
+
+
+# --- malformed adapter configs ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rank", [0, -4])
+def test_rank_that_is_not_positive_is_refused(rank, inputs, tmp_path, capsys):
+    base, adapter = inputs
+    edit_json(adapter / "adapter_config.json", r=rank)
+    fails_cleanly(capsys, base, [adapter], tmp_path / "out", expect="invalid field 'r'",
+                  names=adapter / "adapter_config.json")
+
+
+@pytest.mark.parametrize("alpha", ["sixteen", float("nan"), [16]])
+def test_alpha_that_is_not_a_finite_number_is_refused(alpha, inputs, tmp_path, capsys):
+    base, adapter = inputs
+    edit_json(adapter / "adapter_config.json", lora_alpha=alpha)
+    fails_cleanly(capsys, base, [adapter], tmp_path / "out", expect="invalid field 'lora_alpha'",
+                  names=adapter / "adapter_config.json")
+
+
+@pytest.mark.parametrize("indices", [[], [-1], [3, 3], {"embed_tokens": []}])
+def test_bad_trainable_token_indices_are_refused(indices, inputs, tmp_path, capsys):
+    base, adapter = inputs
+    edit_json(adapter / "adapter_config.json", trainable_token_indices=indices)
+    fails_cleanly(capsys, base, [adapter], tmp_path / "out",
+                  expect="invalid field 'trainable_token_indices",
+                  names=adapter / "adapter_config.json")
+
+
+def test_deeply_nested_adapter_config_is_refused(inputs, tmp_path, capsys):
+    base, adapter = inputs
+    nested = "[" * 200_000 + "]" * 200_000
+    (adapter / "adapter_config.json").write_text(f'{{"peft_type": "LORA", "x": {nested}}}')
+    fails_cleanly(capsys, base, [adapter], tmp_path / "out", expect="nested too deeply",
+                  names=adapter / "adapter_config.json")
+
+
+CATASTROPHIC = r"([a-z_.0-9]+)+X"  # re backtracks for ever on any module name
+
+
+@pytest.mark.parametrize("field, value", [
+    ("rank_pattern", {CATASTROPHIC: 4}),
+    ("alpha_pattern", {CATASTROPHIC: 4.0}),
+    ("target_modules", CATASTROPHIC),
+])
+def test_regex_that_would_backtrack_for_ever_is_refused_in_seconds(field, value, inputs,
+                                                                   tmp_path, capsys):
+    base, adapter = inputs
+    edit_json(adapter / "adapter_config.json", **{field: value})
+    started = time.monotonic()
+    fails_cleanly(capsys, base, [adapter], tmp_path / "out", expect="catastrophic backtracking",
+                  names=adapter / "adapter_config.json")
+    assert time.monotonic() - started < 30
+
+
+def test_regex_that_does_not_compile_is_refused(inputs, tmp_path, capsys):
+    base, adapter = inputs
+    edit_json(adapter / "adapter_config.json", rank_pattern={"q_proj(": 4})
+    fails_cleanly(capsys, base, [adapter], tmp_path / "out",
+                  expect="not a valid regular expression", names=adapter / "adapter_config.json")
+
+
+# --- malformed adapter tensors and safetensors headers ------------------------------------
+
+
+def test_lora_matrix_that_is_not_2d_is_refused(inputs, tmp_path, capsys):
+    base, adapter = inputs
+    path = adapter / "adapter_model.safetensors"
+    tensors = load_file(path)
+    key = first_key(path, "lora_A")
+    tensors[key] = torch.tensor(1.0)
+    save_file(tensors, path, metadata={"format": "pt"})
+    fails_cleanly(capsys, base, [adapter], tmp_path / "out", expect="low-rank pair", names=path)
+
+
+def test_lora_matrix_that_is_not_floating_point_is_refused(inputs, tmp_path, capsys):
+    base, adapter = inputs
+    path = adapter / "adapter_model.safetensors"
+    tensors = load_file(path)
+    key = first_key(path, "lora_A")
+    tensors[key] = tensors[key].to(torch.int32)
+    save_file(tensors, path, metadata={"format": "pt"})
+    fails_cleanly(capsys, base, [adapter], tmp_path / "out", expect="not a floating-point",
+                  names=path)
+
+
+def _set_entry(field: str, value):
+    def edit(header: dict) -> dict:
+        name = sorted(k for k in header if k != "__metadata__")[0]
+        header[name][field] = value
+        return header
+    return edit
+
+
+HEADER_DAMAGE = {
+    "unknown dtype": (_set_entry("dtype", "F13"), "unknown dtype 'F13'"),
+    "negative dims": (_set_entry("shape", [-2, -32]), "non-negative integers"),
+    "float dims": (_set_entry("shape", [2.5, 16]), "non-negative integers"),
+    "list metadata": (lambda h: {**h, "__metadata__": ["format", "pt"]}, "__metadata__"),
+    "nested metadata": (lambda h: {**h, "__metadata__": {"format": {"x": 1}}}, "__metadata__"),
+    "deep nesting": (lambda h: b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                     "nested too deeply"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(HEADER_DAMAGE))
+@pytest.mark.parametrize("which", ["base", "adapter"])
+def test_malformed_safetensors_header_is_refused(which, damage, inputs, tmp_path, capsys):
+    base, adapter = inputs
+    path = (base / "model.safetensors" if which == "base"
+            else adapter / "adapter_model.safetensors")
+    edit, expect = HEADER_DAMAGE[damage]
+    rewrite_header(path, edit)
+    fails_cleanly(capsys, base, [adapter], tmp_path / "out", expect=expect, names=path)
+
+
+# --- where the inputs and the output are --------------------------------------------------
+
+
+def test_out_equal_to_the_base_folder_is_refused(inputs, capsys):
+    base, adapter = inputs
+    before = tree_digest(base, adapter)
+    assert merge_cli(base, [adapter], base) == 2
+    assert "inside the input folder" in capsys.readouterr().err
+    assert tree_digest(base, adapter) == before
+
+
+def test_out_inside_an_adapter_folder_is_refused(inputs, capsys):
+    base, adapter = inputs
+    out = adapter / "merged"
+    fails_cleanly(capsys, base, [adapter], out, expect="inside the input folder", names=adapter)
+
+
+def test_base_without_config_json_is_refused(inputs, tmp_path, capsys):
+    base, adapter = inputs
+    (base / "config.json").unlink()
+    fails_cleanly(capsys, base, [adapter], tmp_path / "out", expect="missing",
+                  names=base / "config.json")

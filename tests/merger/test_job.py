@@ -11,8 +11,8 @@ import pytest
 
 from lorafuse.cli import main
 from lorafuse.merger.files.digest import artifact_digest
-from lorafuse.merger.pipeline.job import fit_result
 from lorafuse.merger.pipeline.plan import MergePlan
+from lorafuse.merger.pipeline.result import JobResult
 from tests.merger.helpers import tree_state
 
 STEPS = ("fetch", "merge", "validate", "publish")
@@ -172,12 +172,12 @@ def test_a_killed_merge_leaves_no_merge_behind_and_the_step_resumes(
 # Runs the merge step and SIGKILLs itself once the first output shard is being written.
 KILL_DURING_MERGE = """
 import os, signal, sys
-from lorafuse.merger.files import shards
-original = shards.ShardWriter.__init__
+from lorafuse.merger.files import writer
+original = writer.ShardWriter.__init__
 def die(self, *args, **kwargs):
     original(self, *args, **kwargs)
     os.kill(os.getpid(), signal.SIGKILL)
-shards.ShardWriter.__init__ = die
+writer.ShardWriter.__init__ = die
 from lorafuse.cli import main
 main(["job", "merge", "--plan", sys.argv[1], "--result-file", sys.argv[2]])
 """
@@ -263,7 +263,7 @@ def test_result_with_many_adapters_fits_a_termination_message():
               "validation": None, "provenance": {"base": "/b", "base_revision": None,
                                                  "adapters": adapters},
               "model_shape": {"num_layers": 2}}
-    fitted = fit_result(result)
+    fitted = JobResult.model_validate(result).fitted().model_dump(mode="json")
     assert len(json.dumps(fitted, separators=(",", ":")).encode()) <= 4096
     assert fitted["provenance"]["adapters"][0]["name"] == "adapter-00-with-a-long-name"
     assert fitted["provenance"]["adapters_omitted"] > 0

@@ -158,19 +158,19 @@ def test_trained_biases_match_peft(tiny_base, tiny_adapter, tmp_path):
 
 def test_tensors_merged_in_several_row_groups_match_peft(tiny_base, tiny_adapter, tmp_path,
                                                          monkeypatch):
-    from lorafuse.merger.engine import tensor_math as tensor_merge
+    from lorafuse.merger.engine import tensor_math
 
     # blocks of a few rows and groups of a few blocks (uneven), as a large model's tensors get
-    monkeypatch.setattr(tensor_merge, "BLOCK_BYTES", 4 * 64 * 3)
-    monkeypatch.setattr(tensor_merge, "GROUP_BYTES", 4 * 64 * 7)
+    monkeypatch.setattr(tensor_math, "BLOCK_BYTES", 4 * 64 * 3)
+    monkeypatch.setattr(tensor_math, "GROUP_BYTES", 4 * 64 * 7)
     groups = []
-    merge_rows = tensor_merge.BlockedRows.merge
+    merge_rows = tensor_math.BlockedRows.merge
 
     def counted(self, offset, base, out):
-        groups.append((self.plan.name, offset))
+        groups.append((self.recipe.name, offset))
         return merge_rows(self, offset, base, out)
 
-    monkeypatch.setattr(tensor_merge.BlockedRows, "merge", counted)
+    monkeypatch.setattr(tensor_math.BlockedRows, "merge", counted)
     base = tiny_base("llama")
     adapter = tiny_adapter(base, target_modules="all-linear")
     merge_and_compare(base, adapter, tmp_path / "out")

@@ -11,7 +11,7 @@ import torch
 
 from lorafuse.merger.engine.merge import MergeOptions, merge
 from lorafuse.merger.engine.provenance import read_provenance, update_provenance
-from lorafuse.merger.files.shards import read_header
+from lorafuse.merger.files.header import read_header
 from tests.merger.helpers import (
     load_output,
     merge_cli,

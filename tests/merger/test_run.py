@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 
 from lorafuse.cli import main
-from lorafuse.merger.pipeline.manifest import plan_from_spec
+from lorafuse.operator.serving_target import ServingTarget
+from lorafuse.operator.sizing import size_serving
+from lorafuse.operator.spec import ModelDeploymentSpec
+from lorafuse.runner import LocalPaths, local_vllm_options
+from lorafuse.serving.vllm_args import vllm_args
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -96,25 +100,30 @@ def test_a_file_without_a_modeldeployment_is_bad_input(tmp_path, capsys):
                   "this file"
 
 
-def test_spec_fields_become_the_plan():
-    spec = {
-        "base": {"source": "hf://acme/llama", "revision": "abc123"},
-        "adapters": [{"name": "support", "source": "pvc://adapters/support", "weight": 0.5}],
-        "combine": {"method": "ties", "density": 0.4, "seed": 3},
-        "dtype": "bfloat16",
-        "quantization": {"method": "gptq", "calibration": {"configMap": {"name": "c",
-                                                                         "key": "cal.jsonl"}},
-                         "samples": 16, "seqLen": 256},
-        "validation": {"eval": {"path": "/models/eval.jsonl"}, "maxDelta": 0.05,
-                       "maxNewTokens": 20, "minTokenAgreement": 0.7},
-        "serving": {"mode": "merged"},
-    }
-    plan = plan_from_spec(spec)
-    assert plan.base == "hf://acme/llama@abc123"
-    assert (plan.combine, plan.density, plan.seed, plan.dtype) == ("ties", 0.4, 3, "bfloat16")
-    assert plan.adapters[0].weight == 0.5
-    assert plan.quantization.calibration == "/inputs/calibration/cal.jsonl"
-    assert (plan.quantization.samples, plan.quantization.seq_len) == (16, 256)
-    assert plan.validation.eval == "/models/eval.jsonl"
-    assert (plan.validation.max_delta, plan.validation.min_token_agreement) == (0.05, 0.7)
-    assert plan.artifact_root == "/models/artifacts"
+def test_an_invalid_field_exits_2_with_one_line_naming_it_as_render_does(tmp_path, capsys):
+    manifest = (EXAMPLES / "demo-modeldeployment.yaml").read_text()
+    path = write_manifest(tmp_path, manifest.replace("mode: merged", "mode: both"))
+    rc = main(["run", str(path), "--models-root", str(tmp_path), "--no-serve"])
+    run_error = capsys.readouterr().err.strip()
+    assert main(["render", str(path)]) == 2
+    render_error = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(run_error.splitlines()) == 1
+    assert f"{path}: spec.serving.mode:" in run_error
+    assert run_error.split(": ", 1)[1] == render_error.split(": ", 1)[1]  # after "lorafuse CMD"
+
+
+def test_adapter_mode_serves_a_pinned_hub_base_at_its_revision_on_loopback(tmp_path):
+    spec = ModelDeploymentSpec.model_validate({
+        "base": {"source": "hf://acme/tiny-llama", "revision": "0123abc"},
+        "adapters": [{"name": "support", "source": "/models/adapters/support"}],
+        "serving": {"mode": "adapter", "maxModelLen": 512},
+    })
+    target = ServingTarget("adapter", size_serving(spec, "adapter", None))
+    args = vllm_args(local_vllm_options("bot", spec, target, LocalPaths.under(tmp_path), 8123))
+    assert args[args.index("--model") + 1] == "acme/tiny-llama"
+    assert args[args.index("--revision") + 1] == "0123abc"
+    assert args[args.index("--lora-modules") + 1] == f"bot={tmp_path / 'adapters' / 'support'}"
+    assert (args[args.index("--host") + 1], args[args.index("--port") + 1]) == ("127.0.0.1", "8123")
+    assert args[args.index("--max-model-len") + 1] == "512"
+    assert "--max-num-seqs" not in args  # auto: left to vLLM

@@ -89,3 +89,55 @@ def test_malformed_eval_line_is_named_and_exits_2(pipeline_models, tmp_path, cap
     assert rc == 2
     assert len(err.splitlines()) == 1
     assert f"{path}:3: " in err and problem in err
+
+
+def strict_json(text: str) -> dict:
+    """JSON as Kubernetes reads it: NaN and Infinity are not numbers."""
+    def refuse(constant):
+        raise AssertionError(f"non-finite number {constant} in a report")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_metrics_fail_validation_with_the_reason():
+    from lorafuse.merger.pipeline.validate import Thresholds, _report, _Totals
+
+    totals = _Totals(agree=3, positions=4, kl_sum=float("nan"), max_diff=float("inf"))
+    report = _report([], totals, Thresholds())
+    assert report.passed is False
+    assert any("mean_kl is nan" in reason for reason in report.reasons)
+    assert any("max_logit_diff is inf" in reason for reason in report.reasons)
+    strict_json(json.dumps(report.to_dict()))
+
+
+def test_a_nan_logit_difference_is_not_lost_by_max():
+    import torch
+
+    from lorafuse.merger.pipeline.validate import _Totals
+
+    totals = _Totals()
+    reference = torch.zeros(2, 5)
+    totals.add(reference, torch.tensor([[0.0, 0, 0, 0, float("nan")], [0.0, 0, 0, 0, 0]]))
+    totals.add(reference, reference)
+    assert totals.max_diff != totals.max_diff  # NaN
+
+
+def test_candidate_with_nan_weights_fails_with_exit_3_and_a_finite_report(
+    pipeline_models, tmp_path, capsys
+):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    candidate = shutil.copytree(pipeline_models.peft_merged, tmp_path / "nan")
+    path = candidate / "model.safetensors"
+    tensors = load_file(path)
+    key = next(k for k in tensors if k.endswith("norm.weight"))
+    tensors[key][0] = float("nan")
+    save_file(tensors, path, metadata={"format": "pt"})
+    report_path = tmp_path / "report.json"
+    rc = validate_cli(pipeline_models, candidate, "--report", report_path)
+    err = capsys.readouterr().err
+    assert rc == 3
+    assert "not a finite number" in err
+    report = strict_json(report_path.read_text())
+    assert report["passed"] is False

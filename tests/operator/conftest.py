@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from lorafuse.operator.children import Owner
+from lorafuse.operator.children.common import Owner
 from lorafuse.operator.spec import ModelDeploymentSpec
 
 SPEC: dict[str, Any] = {

@@ -6,19 +6,23 @@ import json
 
 import pytest
 
-from lorafuse.operator import children
-from lorafuse.operator.children import Images, ServingPlan
-from lorafuse.operator.planning import plan_for, plan_hash
+from lorafuse.operator.children.common import Images
+from lorafuse.operator.children.deployment import serving_deployment
+from lorafuse.operator.children.job import merge_job, plan_config_map
+from lorafuse.operator.children.service import service
+from lorafuse.operator.children.storage import persistent_volume_claim
+from lorafuse.operator.merge_plan import plan_for, plan_hash
+from lorafuse.operator.serving_target import ServingTarget
 from lorafuse.operator.sizing import Sizing
 from lorafuse.operator.spec import ModelDeploymentSpec
 
-MERGED = ServingPlan("merged", Sizing(2048, 16, "set"), "/models/artifacts/a--1", "sha256:ab")
-ADAPTER = ServingPlan("adapter", Sizing(2048, 16, "set"))
+MERGED = ServingTarget("merged", Sizing(2048, 16, "set"), "/models/artifacts/a--1", "sha256:ab")
+ADAPTER = ServingTarget("adapter", Sizing(2048, 16, "set"))
 
 
 def _job(owner, spec):
     plan = plan_for(spec)
-    return children.merge_job(owner, spec, plan, plan_hash(plan), Images())
+    return merge_job(owner, spec, plan, plan_hash(plan), Images())
 
 
 def _pod(deployment):
@@ -26,7 +30,7 @@ def _pod(deployment):
 
 
 def _vllm(owner, spec, serving):
-    return _pod(children.serving_deployment(owner, spec, serving, Images()))["containers"][0]
+    return _pod(serving_deployment(owner, spec, serving, Images()))["containers"][0]
 
 
 def _flag(args, name):
@@ -69,7 +73,7 @@ def test_job_steps_get_extra_environment_such_as_a_hub_token(owner, raw_spec):
 
 def test_plan_config_map_holds_the_plan_the_job_mounts(owner, spec):
     plan = plan_for(spec)
-    config_map = children.plan_config_map(owner, plan, plan_hash(plan))
+    config_map = plan_config_map(owner, plan, plan_hash(plan))
     assert json.loads(config_map["data"]["plan.json"]) == plan.model_dump(mode="json")
     volumes = _job(owner, spec)["spec"]["template"]["spec"]["volumes"]
     assert {"name": "plan", "configMap": {"name": config_map["metadata"]["name"]}} in volumes
@@ -103,7 +107,7 @@ def test_merged_mode_serves_the_artifact_under_the_served_name(owner, spec):
 
 
 def test_merged_mode_verifies_the_digest_before_vllm_starts(owner, spec):
-    pod = _pod(children.serving_deployment(owner, spec, MERGED, Images(operator="op:1")))
+    pod = _pod(serving_deployment(owner, spec, MERGED, Images(operator="op:1")))
     verify = pod["initContainers"][0]
     assert verify["image"] == "op:1"
     assert verify["command"] == ["lorafuse", "job", "verify"]
@@ -133,7 +137,7 @@ def test_adapter_mode_names_each_of_several_adapters(owner, raw_spec):
 
 
 def test_adapter_mode_has_no_verify_step(owner, spec):
-    assert _pod(children.serving_deployment(owner, spec, ADAPTER, Images()))["initContainers"] == []
+    assert _pod(serving_deployment(owner, spec, ADAPTER, Images()))["initContainers"] == []
 
 
 def test_sizing_and_gpu_flags_reach_vllm(owner, raw_spec):
@@ -153,7 +157,7 @@ def test_sizing_and_gpu_flags_reach_vllm(owner, raw_spec):
 
 
 def test_vllm_defaults_apply_when_sizing_is_left_open(owner, spec):
-    open_sizing = ServingPlan("merged", Sizing(None, None, "no GPU"), "/models/a", "sha256:ab")
+    open_sizing = ServingTarget("merged", Sizing(None, None, "no GPU"), "/models/a", "sha256:ab")
     args = _vllm(owner, spec, open_sizing)["args"]
     assert "--max-model-len" not in args and "--max-num-seqs" not in args
 
@@ -173,12 +177,12 @@ def test_startup_probe_allows_the_configured_load_time(owner, raw_spec):
 
 
 def test_rollout_never_takes_a_ready_pod_away_first(owner, spec):
-    deployment = children.serving_deployment(owner, spec, MERGED, Images())
+    deployment = serving_deployment(owner, spec, MERGED, Images())
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
 def test_model_volume_is_read_only_in_serving_pods(owner, spec):
-    pod = _pod(children.serving_deployment(owner, spec, MERGED, Images()))
+    pod = _pod(serving_deployment(owner, spec, MERGED, Images()))
     models = next(v for v in pod["volumes"] if v["name"] == "models")
     assert models["persistentVolumeClaim"]["readOnly"] is True
     mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "models")
@@ -188,7 +192,7 @@ def test_model_volume_is_read_only_in_serving_pods(owner, spec):
 def test_existing_claim_is_used_and_no_claim_is_created(owner, raw_spec):
     raw_spec["storage"] = {"existingClaim": "shared-models"}
     spec = ModelDeploymentSpec.model_validate(raw_spec)
-    assert children.persistent_volume_claim(owner, spec) is None
+    assert persistent_volume_claim(owner, spec) is None
     models = next(
         v for v in _job(owner, spec)["spec"]["template"]["spec"]["volumes"] if v["name"] == "models"
     )
@@ -197,16 +201,16 @@ def test_existing_claim_is_used_and_no_claim_is_created(owner, raw_spec):
 
 def test_created_claim_has_the_requested_size_and_class(owner, raw_spec):
     raw_spec["storage"] = {"size": "20Gi", "storageClassName": "fast"}
-    claim = children.persistent_volume_claim(owner, ModelDeploymentSpec.model_validate(raw_spec))
+    claim = persistent_volume_claim(owner, ModelDeploymentSpec.model_validate(raw_spec))
     assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
     assert claim["spec"]["storageClassName"] == "fast"
 
 
 def test_service_selects_the_serving_pods(owner, spec):
-    service = children.service(owner, spec)
-    deployment = children.serving_deployment(owner, spec, MERGED, Images())
+    front = service(owner, spec)
+    deployment = serving_deployment(owner, spec, MERGED, Images())
     labels = deployment["spec"]["template"]["metadata"]["labels"]
-    assert service["spec"]["selector"].items() <= labels.items()
+    assert front["spec"]["selector"].items() <= labels.items()
 
 
 @pytest.mark.parametrize("name", ["a" * 63, "support-bot"])

@@ -89,16 +89,17 @@ def test_the_operator_account_sees_no_other_namespace(
 def test_a_gpu_serving_deployment_is_accepted_by_server_side_apply(
     control_plane, namespace, raw_spec
 ):
-    from lorafuse.operator import children
-    from lorafuse.operator.children import Images, Owner, ServingPlan
+    from lorafuse.operator.children.common import Images, Owner
+    from lorafuse.operator.children.deployment import serving_deployment
     from lorafuse.operator.kube import Kube
+    from lorafuse.operator.serving_target import ServingTarget
     from lorafuse.operator.sizing import Sizing
     from lorafuse.operator.spec import ModelDeploymentSpec
 
     raw_spec["serving"] |= {"gpu": {"count": 1}}
     spec = ModelDeploymentSpec.model_validate(raw_spec)
-    serving = ServingPlan("merged", Sizing(2048, 16, "set"), "/models/artifacts/a", "sha256:ab")
-    deployment = children.serving_deployment(Owner("gpu", namespace), spec, serving, Images())
+    serving = ServingTarget("merged", Sizing(2048, 16, "set"), "/models/artifacts/a", "sha256:ab")
+    deployment = serving_deployment(Owner("gpu", namespace), spec, serving, Images())
     Kube(control_plane.api_client()).apply(deployment)
     stored = control_plane.kubectl("get", "deployment", "-n", namespace, "-o", "json").stdout
     assert '"nvidia.com/gpu": "1"' in stored

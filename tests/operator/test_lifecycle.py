@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from lorafuse.merger.pipeline.result import JobResult
 from lorafuse.operator.lifecycle import (
     JobObservation,
     Rollout,
@@ -22,7 +23,7 @@ PLAN = "a" * 16
 OLD_PLAN = "b" * 16
 DONE = Rollout(exists=True, replicas=1, total=1, ready=1, updated=1, current=True)
 ROLLING = Rollout(exists=True, replicas=1, total=2, ready=1, updated=1, current=True)
-RESULT = {
+RESULT = JobResult.model_validate({
     "ok": True,
     "step": "publish",
     "artifact": {
@@ -35,7 +36,7 @@ RESULT = {
     "validation": {"passed": True, "delta": 0.001},
     "provenance": {"base": "/models/base", "adapters": []},
     "model_shape": {"num_layers": 2},
-}
+})
 
 
 def _status(**fields) -> ModelDeploymentStatus:
@@ -49,7 +50,7 @@ def _artifact(plan: str) -> ArtifactStatus:
 
 
 def _failed(step: str, reason: str) -> JobObservation:
-    result = {"ok": False, "step": step, "reason": reason, "message": "score dropped"}
+    result = JobResult(ok=False, step=step, reason=reason, message="score dropped")
     return JobObservation("job", PLAN, "Failed", step, result)
 
 

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lorafuse.errors import UserError
+from lorafuse.merger.pipeline.steps import STEPS
+
+if TYPE_CHECKING:
+    from lorafuse.merger.pipeline.result import JobResult
 
 TERMINATION_LOG = Path("/dev/termination-log")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("step", choices=["fetch", "merge", "quantize", "validate", "publish",
-                                         "verify"])
+    parser.add_argument("step", choices=[*STEPS, "verify"])
     parser.add_argument("--plan", type=Path, help="plan.json (MergePlan); all steps but verify")
     parser.add_argument("--workdir", type=Path,
                         help="shared work directory (default: ARTIFACT_ROOT/../work/NAME)")
@@ -54,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _emit(result: dict, result_file: Path) -> None:
-    text = json.dumps(result, separators=(",", ":"))
+def _emit(result: JobResult, result_file: Path) -> None:
+    text = result.to_json()
     print(text)
     if result_file == TERMINATION_LOG and not result_file.exists():
         return  # not in a Kubernetes container: stdout is the result

@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 from lorafuse.errors import UserError
+from lorafuse.merger.engine.choices import COMBINE_METHODS, OUTPUT_DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +22,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="output directory: must not exist, or hold this very merge")
     parser.add_argument("--weights", type=_weights, metavar="W1,W2",
                         help="weight per adapter (default 1.0 each)")
-    parser.add_argument("--combine", default="linear",
-                        choices=["linear", "ties", "dare_linear", "dare_ties"])
+    parser.add_argument("--combine", default="linear", choices=COMBINE_METHODS)
     parser.add_argument("--density", type=float, metavar="D",
                         help="fraction of each task vector kept (ties, dare_*)")
     parser.add_argument("--seed", type=int, default=0, metavar="S",
                         help="seed for DARE's random pruning")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16",
-                                                             "float32"])
+    parser.add_argument("--dtype", default="auto", choices=OUTPUT_DTYPES)
     parser.add_argument("--shard-size", default="5GB", metavar="SIZE",
                         help="maximum output shard size (default 5GB)")
     parser.add_argument("--device", default="cpu", metavar="DEV",

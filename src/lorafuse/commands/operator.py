@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     import kopf
     from kubernetes import client, config
 
-    from lorafuse.operator.children import Images
+    from lorafuse.operator.children.common import Images
     from lorafuse.operator.handlers import Controller, configure_settings, ensure_peering, register
     from lorafuse.operator.kube import Kube
     from lorafuse.operator.metrics import Metrics

@@ -1,4 +1,5 @@
-"""`lorafuse quantize`: AWQ / GPTQ W4A16 or FP8 dynamic with llm-compressor, atomically."""
+"""`lorafuse quantize`: AWQ / GPTQ W4A16 or FP8 dynamic with llm-compressor, or a GGUF file
+for llama.cpp and Ollama (gguf-*), atomically."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path,
                         help="output directory (must not exist, or hold this very quantization)")
     parser.add_argument("--method", required=True,
-                        help="awq (W4A16), gptq (W4A16) or fp8 (FP8 dynamic)")
+                        help="awq (W4A16), gptq (W4A16), fp8 (FP8 dynamic), or GGUF: gguf-f16, "
+                        "gguf-bf16, gguf-q8_0, gguf-q4_0, gguf-q4_k_m, gguf-q5_k_m")
     parser.add_argument("--calibration", type=Path,
                         help='JSONL of {"text"} or {"prompt"} lines (awq and gptq)')
     parser.add_argument("--samples", type=int, default=64,
@@ -28,9 +30,11 @@ def _terminate(signum, _frame):
 
 
 def run(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    if args.method.startswith("gguf-"):
+        return _run_gguf(args)
     from lorafuse.merger.pipeline.quantize import QuantizeOptions, quantize
 
-    signal.signal(signal.SIGTERM, _terminate)
     result = quantize(QuantizeOptions(
         model=args.model, out=args.out, method=args.method, calibration=args.calibration,
         samples=args.samples, seq_len=args.seq_len,
@@ -39,4 +43,20 @@ def run(args: argparse.Namespace) -> int:
     verb = "verified existing" if result.reused else "wrote"
     group = f", group size {section['group_size']}" if section.get("group_size") else ""
     print(f"{verb} {result.out}: {section['method']} {section['scheme']}{group}")
+    return 0
+
+
+def _run_gguf(args: argparse.Namespace) -> int:
+    try:
+        from lorafuse.merger.gguf.export import GGUF_NAME, export_gguf
+    except ImportError as exc:
+        if exc.name != "gguf":
+            raise
+        from lorafuse.errors import UserError
+
+        raise UserError(f"{args.method}: the `gguf` package is not installed; "
+                        "install lorafuse's `gguf` extra (pip install 'lorafuse[gguf]')") from None
+    result = export_gguf(args.model, args.out, args.method)
+    verb = "verified existing" if result.reused else "wrote"
+    print(f"{verb} {result.out / GGUF_NAME}: {result.quantization['scheme']}")
     return 0

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
-from lorafuse.errors import UserError
-from lorafuse.operator import children
-from lorafuse.operator.children import Images, Owner, ServingPlan
-from lorafuse.operator.planning import plan_for, plan_hash
+from lorafuse.operator import naming
+from lorafuse.operator.children.common import Images, Owner
+from lorafuse.operator.children.desired import desired_objects
+from lorafuse.operator.manifest import read_model_deployment
+from lorafuse.operator.merge_plan import plan_for
+from lorafuse.operator.serving_target import ServingTarget
 from lorafuse.operator.sizing import Sizing, size_serving
 from lorafuse.operator.spec import ModelDeployment
 
@@ -23,8 +24,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--namespace", "-n", default=None, help="default: metadata.namespace, else 'default'"
     )
-    parser.add_argument("--merger-image", default=children.naming.DEFAULT_MERGER_IMAGE)
-    parser.add_argument("--operator-image", default=children.naming.DEFAULT_OPERATOR_IMAGE)
+    parser.add_argument("--merger-image", default=naming.DEFAULT_MERGER_IMAGE)
+    parser.add_argument("--operator-image", default=naming.DEFAULT_OPERATOR_IMAGE)
     parser.add_argument(
         "--digest",
         default="sha256:<published-by-the-merge-job>",
@@ -33,34 +34,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    resource = load(args.file)
+    resource = read_model_deployment(args.file)
     meta = resource.metadata
-    if not isinstance(meta.get("name"), str) or not meta["name"]:
-        raise UserError(f"{args.file}: metadata.name is missing")
     owner = Owner(meta["name"], args.namespace or meta.get("namespace") or "default")
     images = Images(args.merger_image, args.operator_image)
     objects = render(resource, owner, images, args.digest)
     yaml.dump_all(objects, sys.stdout, Dumper=_Dumper, sort_keys=False)
     return 0
-
-
-def load(path: Path) -> ModelDeployment:
-    where = "<stdin>" if str(path) == "-" else str(path)
-    try:
-        text = sys.stdin.read() if where == "<stdin>" else path.read_text()
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except OSError as exc:
-        raise UserError(f"{where}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise UserError(f"{where}: not valid YAML: {_one_line(str(exc))}") from exc
-    if len(docs) != 1 or not isinstance(docs[0], dict):
-        raise UserError(f"{where}: expected one ModelDeployment document, found {len(docs)}")
-    try:
-        return ModelDeployment.model_validate(docs[0])
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        field = ".".join(str(part) for part in error["loc"])
-        raise UserError(f"{where}: {field}: {error['msg']}") from exc
 
 
 def render(
@@ -69,26 +49,14 @@ def render(
     """The PVC, plan ConfigMap, merge Job (merged mode), vLLM Deployment and Service."""
     spec = resource.spec
     plan = plan_for(spec)
-    current = plan_hash(plan)
     mode = spec.serving.mode
-    sizing = _sizing(resource, mode)
-    objects = [children.persistent_volume_claim(owner, spec)]
-    if mode == "merged":
-        objects += [
-            children.plan_config_map(owner, plan, current),
-            children.merge_job(owner, spec, plan, current, images),
-        ]
-    serving = ServingPlan(
+    target = ServingTarget(
         mode=mode,
-        sizing=sizing,
+        sizing=_sizing(resource, mode),
         artifact_path=plan.artifact_path() if mode == "merged" else None,
         artifact_digest=digest if mode == "merged" else None,
     )
-    objects += [
-        children.serving_deployment(owner, spec, serving, images),
-        children.service(owner, spec),
-    ]
-    return [obj for obj in objects if obj is not None]
+    return desired_objects(owner, spec, plan, images, merge=mode == "merged", serving=target)
 
 
 def _sizing(resource: ModelDeployment, mode: str) -> Sizing:
@@ -107,7 +75,3 @@ def _block_strings(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
 
 
 _Dumper.add_representer(str, _block_strings)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

@@ -1,0 +1,86 @@
+"""What every child shares: its owner, the images, metadata, and the pvc:// source volumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lorafuse.operator import naming
+from lorafuse.operator.spec import GROUP, KIND, VERSION, ModelDeploymentSpec
+
+
+@dataclass(frozen=True)
+class Owner:
+    name: str
+    namespace: str
+    uid: str | None = None  # None when rendering without a cluster
+
+
+@dataclass(frozen=True)
+class Images:
+    merger: str = naming.DEFAULT_MERGER_IMAGE
+    operator: str = naming.DEFAULT_OPERATOR_IMAGE  # slim: runs `lorafuse job verify`
+
+
+# Every pod runs under the "restricted" Pod Security Standard as the images' user 10001.
+# fsGroup makes a root-owned volume (a fresh PV) writable for it: the kubelet gives the
+# volume that group. runAsGroup too: images default to gid 0.
+RUN_AS = 10001
+POD_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS,
+    "runAsGroup": RUN_AS,
+    "fsGroup": RUN_AS,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {**POD_SECURITY_CONTEXT, "seccompProfile": dict(POD_SECURITY_CONTEXT["seccompProfile"])}
+
+
+def container_security_context() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def metadata(owner: Owner, name: str, component: str, **extra_labels: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": {**naming.labels(owner.name, component), **extra_labels},
+    }
+    if owner.uid:
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": owner.name,
+                "uid": owner.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    return meta
+
+
+def _sources(spec: ModelDeploymentSpec) -> list[str]:
+    return [spec.base.source, *(a.source for a in spec.adapters)]
+
+
+def source_mounts(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    """The claims of pvc:// sources, read-only at /sources/CLAIM (Job steps and vLLM)."""
+    return [
+        {
+            "name": f"source-{index}",
+            "mountPath": f"{naming.SOURCES_MOUNT}/{claim}",
+            "readOnly": True,
+        }
+        for index, claim in enumerate(naming.source_claims(_sources(spec)))
+    ]
+
+
+def source_volumes(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    return [
+        {"name": f"source-{index}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        for index, claim in enumerate(naming.source_claims(_sources(spec)))
+    ]

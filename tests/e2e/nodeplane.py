@@ -1,0 +1,212 @@
+"""The tests' control plane, reachable from pods: apiserver on the node address, node auth."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import secrets
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from tests.cluster.controlplane import SERVICE_ACCOUNT_ISSUER, ControlPlane, _http_ok
+from tests.cluster.pki import (
+    SERVING_DNS_NAMES,
+    SERVING_IPS,
+    Pki,
+    _builder,
+    _new_key,
+    _write_cert,
+    _write_key,
+)
+from tests.cluster.processes import free_port
+
+# A /32 alias on `lo` (the kernel has no dummy netdev): the apiserver and the kubelet listen
+# here. An apiserver cannot advertise a loopback address, and pods reach it through the
+# `kubernetes` Service, which kube-proxy points at this address.
+NODE_ADDRESS = "10.200.0.1"
+NODE_NAME = "realnode"
+SERVICE_CIDR = "10.0.0.0/24"  # the `kubernetes` Service is 10.0.0.1, in the serving cert
+POD_CIDR = "10.244.0.0/16"
+
+
+@dataclass(frozen=True)
+class NodeUser:
+    """A token-authenticated component: user name, groups, bearer token."""
+
+    name: str
+    groups: tuple[str, ...]
+    token: str
+
+
+def _node_users() -> dict[str, NodeUser]:
+    users = {
+        "kubelet": (f"system:node:{NODE_NAME}", ("system:nodes",)),
+        "kube-scheduler": ("system:kube-scheduler", ()),
+        "kube-proxy": ("system:kube-proxy", ()),
+    }
+    return {
+        key: NodeUser(name, groups, secrets.token_hex(24)) for key, (name, groups) in users.items()
+    }
+
+
+def create_node_pki(directory: Path) -> tuple[Pki, Path, Path]:
+    """CA, serving cert (also for NODE_ADDRESS), SA key and the apiserver's kubelet client cert."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key = _new_key()
+    ca_cert = (
+        _builder("lorafuse-e2e-ca", "lorafuse-e2e-ca", ca_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    serving_key = _new_key()
+    names: list[x509.GeneralName] = [x509.DNSName(n) for n in SERVING_DNS_NAMES]
+    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in (*SERVING_IPS, NODE_ADDRESS)]
+    serving_cert = (
+        _builder("kube-apiserver", "lorafuse-e2e-ca", serving_key.public_key())
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    client_key = _new_key()
+    now = datetime.datetime.now(datetime.UTC)
+    client_cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(x509.NameOID.ORGANIZATION_NAME, "system:masters"),
+                    x509.NameAttribute(x509.NameOID.COMMON_NAME, "kube-apiserver-kubelet-client"),
+                ]
+            )
+        )
+        .issuer_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "lorafuse-e2e-ca")]))
+        .public_key(client_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pki = Pki(
+        ca_cert=directory / "ca.crt",
+        serving_cert=directory / "apiserver.crt",
+        serving_key=directory / "apiserver.key",
+        service_account_key=directory / "service-account.key",
+    )
+    _write_cert(ca_cert, pki.ca_cert)
+    _write_cert(serving_cert, pki.serving_cert)
+    _write_key(serving_key, pki.serving_key)
+    _write_key(_new_key(), pki.service_account_key)
+    _write_cert(client_cert, directory / "kubelet-client.crt")
+    _write_key(client_key, directory / "kubelet-client.key")
+    return pki, directory / "kubelet-client.crt", directory / "kubelet-client.key"
+
+
+class NodeControlPlane(ControlPlane):
+    """tests/cluster's control plane, with what a real node needs.
+
+    Differences: the apiserver listens on NODE_ADDRESS (pods reach it through the
+    `kubernetes` Service), authorizes with Node,RBAC, reconciles that Service's endpoints,
+    and can reach the kubelet (logs, exec); token users for the node components; the
+    controller manager runs every default controller (PV binding, node lifecycle).
+    """
+
+    def __init__(self, bin_dir: Path, workdir: Path) -> None:
+        super().__init__(bin_dir, workdir)
+        self.users = _node_users()
+        self._kubelet_client: tuple[Path, Path] | None = None
+
+    @property
+    def server(self) -> str:
+        return f"https://{NODE_ADDRESS}:{self.apiserver_port}"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.pki, *client = create_node_pki(self.workdir / "pki")
+        self._kubelet_client = (client[0], client[1])
+        self._start_etcd()
+        self._start_apiserver()
+        self._write_kubeconfig()
+        self._start_controller_manager()
+
+    def component_kubeconfig(self, component: str) -> Path:
+        """A kubeconfig for kubelet, kube-scheduler or kube-proxy (their token users)."""
+        user = self.users[component]
+        return self.write_kubeconfig(
+            self.workdir / f"{component}.kubeconfig", user.name, user.token
+        )
+
+    def _start_apiserver(self) -> None:
+        assert self.pki is not None and self._kubelet_client is not None
+        self.apiserver_port = free_port()
+        token_file = self.workdir / "tokens.csv"
+        lines = [f'{self.token},lorafuse-admin,lorafuse-admin,"system:masters"']
+        for user in self.users.values():
+            groups = f',"{",".join(user.groups)}"' if user.groups else ""
+            lines.append(f"{user.token},{user.name},{user.name}{groups}")
+        token_file.write_text("\n".join(lines) + "\n")
+        token_file.chmod(0o600)
+        argv = [
+            self._binary("kube-apiserver"),
+            f"--etcd-servers={self.etcd_url}",
+            f"--bind-address={NODE_ADDRESS}",
+            f"--advertise-address={NODE_ADDRESS}",
+            f"--secure-port={self.apiserver_port}",
+            "--insecure-port=0",
+            f"--cert-dir={self.workdir / 'apiserver-certs'}",
+            f"--tls-cert-file={self.pki.serving_cert}",
+            f"--tls-private-key-file={self.pki.serving_key}",
+            f"--client-ca-file={self.pki.ca_cert}",
+            f"--token-auth-file={token_file}",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            f"--service-account-key-file={self.pki.service_account_key}",
+            f"--service-account-signing-key-file={self.pki.service_account_key}",
+            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+            f"--api-audiences={SERVICE_ACCOUNT_ISSUER}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--kubelet-client-certificate={self._kubelet_client[0]}",
+            f"--kubelet-client-key={self._kubelet_client[1]}",
+            "--kubelet-preferred-address-types=InternalIP",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--v=1",
+        ]
+        self._launch("kube-apiserver", argv, self._apiserver_ready)
+
+    def _start_controller_manager(self) -> None:
+        port = free_port()
+        assert self.pki is not None
+        argv = [
+            self._binary("kube-controller-manager"),
+            f"--kubeconfig={self.kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={port}",
+            "--port=0",
+            f"--cert-dir={self.workdir / 'controller-manager-certs'}",
+            "--controllers=*",
+            f"--service-account-private-key-file={self.pki.service_account_key}",
+            f"--root-ca-file={self.pki.ca_cert}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--cluster-cidr={POD_CIDR}",
+            "--allocate-node-cidrs=false",
+            "--leader-elect=false",
+            "--use-service-account-credentials=true",
+            "--profiling=false",
+            "--v=1",
+        ]
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        self._launch(
+            "kube-controller-manager",
+            argv,
+            lambda: _http_ok(f"https://127.0.0.1:{port}/healthz", context=insecure),
+        )
+        self.wait_for_service_account("default")
