@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 import warnings
@@ -28,6 +29,7 @@ from measure import run_measured
 
 from lorafuse.merger.demo.smollm2 import build_smollm2_base, smollm2_gguf
 from lorafuse.merger.demo.tiny import randomize_lora
+from lorafuse.merger.gguf.kquants import llama_cpp_python
 from lorafuse.merger.gguf.methods import METHODS
 
 MB = 1024 * 1024
@@ -112,15 +114,26 @@ def validate(base: Path, adapter: Path, candidate: Path, max_new_tokens: int) ->
             "validate_wall_s": round(time.perf_counter() - started, 1)}
 
 
+_LLAMA_GREEDY = """
+import json, sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=256, verbose=False, seed=0)
+out = llm(sys.argv[2], max_tokens=int(sys.argv[3]), temperature=0.0, top_k=1)
+print(json.dumps(out["choices"][0]["text"]))
+"""
+
+
 def llama_cpp_greedy(gguf_file: Path, tokens: int = 24) -> str | None:
-    """llama.cpp's greedy continuation (None when llama-cpp-python is not installed)."""
-    try:
-        from llama_cpp import Llama
-    except ImportError:
+    """llama.cpp's greedy continuation, run by the Python that has llama-cpp-python
+    ($LORAFUSE_LLAMA_CPP_PYTHON, see scripts/llama-cpp-venv.sh); None without one."""
+    python = llama_cpp_python()
+    if python is None:
         return None
-    llm = Llama(model_path=str(gguf_file), n_ctx=256, verbose=False, seed=0)
-    out = llm(GREEDY_PROMPT, max_tokens=tokens, temperature=0.0, top_k=1)
-    return out["choices"][0]["text"]
+    done = subprocess.run([python, "-c", _LLAMA_GREEDY, str(gguf_file), GREEDY_PROMPT,
+                           str(tokens)], capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"llama.cpp failed: {done.stderr.strip().splitlines()[-1:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def transformers_greedy(gguf_file: Path, tokens: int = 24) -> str:

@@ -41,15 +41,17 @@ class Controller:
 
     async def _work(self, key: Hashable) -> None:
         namespace, name = key  # type: ignore[misc]
-        await asyncio.to_thread(self.reconcile_now, namespace, name)
+        requeue_after = await asyncio.to_thread(self.reconcile_now, namespace, name)
+        if requeue_after is not None and self.queue is not None:
+            self.queue.kick_later(key, requeue_after)
 
-    def reconcile_now(self, namespace: str, name: str) -> None:
+    def reconcile_now(self, namespace: str, name: str) -> float | None:
         kube = self.reconciler.kube
         body = kube.get_model_deployment(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.reconciler.metrics.forget(namespace, name)
-            return
-        self.reconciler.reconcile(body, lambda *event: kube.post_event(body, *event))
+            return None
+        return self.reconciler.reconcile(body, lambda *event: kube.post_event(body, *event))
 
 
 def owner_name(body: kopf.Body) -> str | None:
@@ -81,12 +83,24 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         async def child_changed(body: kopf.Body, **_: Any) -> None:
             controller.kick(body.metadata.namespace, owner_name(body))
 
-    @kopf.on.event("", "v1", "pods", labels={naming.LABEL_COMPONENT: "merge"}, registry=registry)
-    async def merge_pod_changed(body: kopf.Body, **_: Any) -> None:
+    # Merge pods show a step's progress; serving pods a failed artifact check (self-heal).
+    @kopf.on.event("", "v1", "pods", labels=managed, registry=registry)
+    async def pod_changed(body: kopf.Body, **_: Any) -> None:
         controller.kick(body.metadata.namespace, owner_name(body))
 
 
+# Server-side filters of the child watches: the API server sends only lorafuse's objects, not
+# every Pod, Job and Deployment of the cluster (kopf's handler labels filter client-side).
+CHILD_SELECTORS = {
+    ("batch", "v1", "jobs"): f"app.kubernetes.io/managed-by={naming.MANAGED_BY}",
+    ("apps", "v1", "deployments"): f"app.kubernetes.io/managed-by={naming.MANAGED_BY}",
+    ("", "v1", "pods"): f"app.kubernetes.io/managed-by={naming.MANAGED_BY}",
+}
+
+
 def configure_settings(settings: kopf.OperatorSettings, priority: int, clusterwide: bool) -> None:
+    for resource, selector in CHILD_SELECTORS.items():
+        settings.watching.label_selectors[resource] = selector
     settings.peering.name = naming.PEERING_NAME
     settings.peering.priority = priority
     settings.peering.clusterwide = clusterwide

@@ -61,6 +61,28 @@ class Kube:
             _content_type=APPLY,
         )
 
+    def foreign(self, kind: str, namespace: str, name: str, owner_uid: str) -> str | None:
+        """Why an existing object of this name is not ours to apply (None: absent or ours).
+        Ours means an ownerReference with the ModelDeployment's UID."""
+        read = {
+            "ConfigMap": self.core.read_namespaced_config_map,
+            "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim,
+            "Service": self.core.read_namespaced_service,
+            "Deployment": self.apps.read_namespaced_deployment,
+            "Job": self.batch.read_namespaced_job,
+        }[kind]
+        try:
+            existing = read(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        refs = existing.metadata.owner_references or []
+        if any(ref.uid == owner_uid for ref in refs):
+            return None
+        owners = ", ".join(f"{ref.kind}/{ref.name}" for ref in refs) or "no owner"
+        return f"{kind} {name} already exists ({owners}); it is left alone"
+
     def apply_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
@@ -158,15 +180,38 @@ class Kube:
         failed = next(
             (c for c in status.conditions or [] if c.type == "Failed" and c.status == "True"), None
         )
+        annotations = job.metadata.annotations or {}
+        started = {
+            "retry": annotations.get(naming.ANNOTATION_RETRY),
+            "attempt": _int(annotations.get(naming.ANNOTATION_ATTEMPT)),
+        }
         if status.succeeded:
             step, result = _finished_step(pod, failed=False)
-            return JobObservation(name, plan_hash, "Succeeded", step, result)
+            return JobObservation(
+                name,
+                plan_hash,
+                "Succeeded",
+                step,
+                result,
+                finished_at=status.completion_time,
+                **started,
+            )
         if failed is not None:
             step, result = _finished_step(pod, failed=True)
             return JobObservation(
-                name, plan_hash, "Failed", step, result, failed.reason, failed.message
+                name,
+                plan_hash,
+                "Failed",
+                step,
+                result,
+                failed.reason,
+                failed.message,
+                finished_at=failed.last_transition_time,
+                pod_reason=_pod_reason(pods),
+                container_reason=_container_reason(pods),
+                **started,
             )
-        return JobObservation(name, plan_hash, "Running", _running_step(pod))
+        return JobObservation(name, plan_hash, "Running", _running_step(pod), **started)
 
     def job_duration(self, namespace: str, name: str) -> float | None:
         try:
@@ -186,6 +231,14 @@ class Kube:
                 return Rollout()
             raise
         status = deployment.status
+        wanted = _serving_target(deployment.spec.template.metadata.annotations)
+        selector = _selector(deployment.spec.selector.match_labels or {})
+        pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
+        ready = [_serving_target(p.metadata.annotations) for p in pods if _pod_ready(p)]
+        old = [target for target in ready if target != wanted]
+        failed_at, message = _verify_failure(
+            [p for p in pods if _serving_target(p.metadata.annotations) == wanted]
+        )
         return Rollout(
             exists=True,
             replicas=deployment.spec.replicas or 0,
@@ -193,11 +246,69 @@ class Kube:
             ready=status.ready_replicas or 0,
             updated=status.updated_replicas or 0,
             current=(status.observed_generation or 0) >= (deployment.metadata.generation or 0),
+            ready_current=len(ready) - len(old),
+            previous=" ".join(filter(None, old[-1])) if old else None,
+            previous_ready=len(old),
+            verify_failed_at=failed_at,
+            verify_message=message,
         )
 
 
 def _selector(labels: dict[str, str]) -> str:
     return ",".join(f"{key}={value}" for key, value in labels.items())
+
+
+def _int(text: str | None) -> int:
+    try:
+        return max(0, int(text or 0))
+    except ValueError:
+        return 0
+
+
+def _pod_reason(pods: list[Any]) -> str | None:
+    """Why the kubelet or the node controller ended a pod: Evicted, NodeLost, ..."""
+    return next((p.status.reason for p in pods if p.status and p.status.reason), None)
+
+
+def _container_reason(pods: list[Any]) -> str | None:
+    """The reason of a step that ended badly, e.g. OOMKilled."""
+    for pod in pods:
+        for container in _statuses(pod):
+            done = container.state and container.state.terminated
+            if done and done.exit_code != 0 and done.reason not in (None, "Error", "Completed"):
+                return done.reason
+    return None
+
+
+def _serving_target(annotations: dict[str, str] | None) -> tuple[str, str]:
+    """What a serving pod serves: its mode and, merged, the artifact's digest."""
+    annotations = annotations or {}
+    return (
+        annotations.get("lorafuse.dev/serving-mode", ""),
+        annotations.get(naming.ANNOTATION_DIGEST, ""),
+    )
+
+
+def _pod_ready(pod: Any) -> bool:
+    conditions = (pod.status.conditions if pod.status else None) or []
+    deleting = pod.metadata.deletion_timestamp is not None
+    return not deleting and any(c.type == "Ready" and c.status == "True" for c in conditions)
+
+
+def _verify_failure(pods: list[Any]) -> tuple[datetime | None, str | None]:
+    """When the artifact check last failed in these pods, and what it said."""
+    latest: tuple[datetime | None, str | None] = (None, None)
+    for pod in pods:
+        for container in (pod.status.init_container_statuses if pod.status else None) or []:
+            if container.name != "verify":
+                continue
+            for state in (container.state, container.last_state):
+                done = state and state.terminated
+                failed = done and done.exit_code != 0 and done.finished_at
+                if failed and (latest[0] is None or done.finished_at > latest[0]):
+                    result = parse_result(done.message)
+                    latest = (done.finished_at, result.message if result else None)
+    return latest
 
 
 def _statuses(pod: Any) -> list[Any]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from lorafuse.merger.pipeline.result import ArtifactResult, JobResult
 from lorafuse.operator.spec import (
+    HISTORY_LIMIT,
     ArtifactStatus,
     Condition,
+    HistoryEntry,
     MergeStatus,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
@@ -33,6 +35,11 @@ class JobObservation:
     result: JobResult | None = None  # the termination message, parsed
     reason: str | None = None  # from the Job's condition when there is no result
     message: str | None = None
+    retry: str | None = None  # the lorafuse.dev/retry value it was started under
+    attempt: int = 0  # retries after transient failures before this one
+    finished_at: datetime | None = None
+    pod_reason: str | None = None  # e.g. Evicted, NodeLost (the pod's status.reason)
+    container_reason: str | None = None  # e.g. OOMKilled (the failed container's)
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,11 @@ class Rollout:
     ready: int = 0
     updated: int = 0
     current: bool = False  # the controller has seen the latest template
+    ready_current: int | None = None  # ready pods of what status says is served (None: unknown)
+    previous: str | None = None  # what ready pods of an older template serve
+    previous_ready: int = 0
+    verify_failed_at: datetime | None = None  # latest failed artifact check of the served digest
+    verify_message: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -52,10 +64,25 @@ class Rollout:
         caught_up = self.updated >= self.replicas and self.ready >= self.replicas
         return self.exists and self.current and caught_up and self.total <= self.replicas
 
+    @property
+    def serving_ready(self) -> int:
+        return self.ready if self.ready_current is None else self.ready_current
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Transient failures (evicted, OOMKilled, deadline, node lost) are retried this often."""
+
+    transient_retries: int = 3
+    backoff_seconds: float = 30.0  # doubled after every retry
+
+    def delay(self, attempt: int) -> float:
+        return self.backoff_seconds * 2**attempt
+
 
 @dataclass(frozen=True)
 class Rollback:
-    reason: str  # Requested | MergeFailed | ValidationFailed
+    reason: str  # Requested | Pinned | MergeFailed | ValidationFailed | InvalidInput
     message: str
 
 
@@ -69,6 +96,28 @@ class Decision:
     rollback: Rollback | None = None
     current_artifact: bool = False  # the artifact belongs to the current plan
     harvested: dict[str, Any] = field(default_factory=dict)  # status fields from the result
+    rerun_job: bool = False  # the plan's finished Job goes first, then runs again
+    attempt: int = 0  # the transient-failure retry the next Job is
+    requeue_after: float | None = None  # look again then (a retry's back-off)
+    problem: tuple[str, str] | None = None  # (reason, message) of a Failed phase
+    healing: str | None = None  # why the current plan runs again though it was published
+
+
+TRANSIENT_POD_REASONS = {"Evicted", "NodeLost", "Shutdown", "Terminated", "Preempting"}
+TRANSIENT_CONTAINER_REASONS = {"OOMKilled", "ContainerCannotRun", "StartError"}
+TRANSIENT_JOB_REASONS = {"DeadlineExceeded"}
+DELIBERATE_REASONS = {"InvalidInput"}  # the Job refused its inputs on purpose
+
+
+def transient_failure(job: JobObservation) -> bool:
+    """Evicted, OOMKilled, past its deadline or its node gone: another run may well succeed."""
+    if job.result is not None and job.result.reason in ("ValidationFailed", "InvalidInput"):
+        return False
+    return (
+        job.pod_reason in TRANSIENT_POD_REASONS
+        or job.container_reason in TRANSIENT_CONTAINER_REASONS
+        or job.reason in TRANSIENT_JOB_REASONS
+    )
 
 
 def decide(
@@ -76,45 +125,247 @@ def decide(
     status: ModelDeploymentStatus,
     plan_hash: str,
     job: JobObservation | None,
+    *,
+    retry_token: str | None = None,
+    retries: RetryPolicy = RetryPolicy(),
+    rollout: Rollout | None = None,
+    now: datetime | None = None,
 ) -> Decision:
     """Level-based: the same inputs always give the same decision."""
     merge, artifact, harvested = _harvest(status, job)
-    current = artifact is not None and artifact.plan_hash == plan_hash
-    failed = merge is not None and merge.plan_hash == plan_hash and merge.state == "Failed"
-    base = {
-        "artifact": artifact,
-        "merge": merge,
-        "harvested": harvested,
-        "current_artifact": current,
-    }
+    now = now or datetime.now(UTC)
+    published = _published(artifact, status, plan_hash)
+    base = {"merge": merge, "harvested": harvested}
 
     if spec.serving.mode == "adapter":
         requested = Rollback("Requested", "spec.serving.mode is adapter")
-        return Decision(create_job=False, serve="adapter", phase=None, rollback=requested, **base)
-    if current:
-        return Decision(create_job=False, serve="merged", phase=None, **base)
+        return Decision(
+            create_job=False,
+            serve="adapter",
+            artifact=artifact,
+            phase=None,
+            rollback=requested,
+            **base,
+        )
+    if spec.rollback.to:
+        return _pinned(spec.rollback.to, status, artifact, base)
+    if published is not None:
+        gone = _artifact_gone(published, job, rollout)
+        if gone:
+            return Decision(
+                create_job=True,
+                serve="merged",
+                artifact=published,
+                phase="Merging",
+                rerun_job=job is not None,
+                healing=gone,
+                **base,
+            )
+        healing = "re-publishing the artifact" if job and job.state == "Running" else None
+        return Decision(
+            create_job=False,
+            serve="merged",
+            artifact=published,
+            phase=None,
+            current_artifact=True,
+            healing=healing,
+            **base,
+        )
+    failed = merge is not None and merge.plan_hash == plan_hash and merge.state == "Failed"
     if failed:
         assert merge is not None
-        reason = failure_reason(merge)
-        message = f"{merge.step or 'job'}: {merge.message or merge.reason or 'failed'}"
-        if spec.rollback.on_failure:
-            rollback = Rollback(reason, message)
-            return Decision(
-                create_job=False, serve="adapter", phase="RolledBack", rollback=rollback, **base
-            )
-        keep = status.serving_mode
-        return Decision(create_job=False, serve=keep, phase="Failed", **base)
+        if merge.retry != retry_token:
+            return _merging(status, artifact, base, rerun=job is not None)
+        if merge.transient and merge.attempt < retries.transient_retries:
+            wait = retries.delay(merge.attempt) - _seconds_since(merge.finished_at, now)
+            if wait <= 0:
+                return _merging(
+                    status, artifact, base, rerun=job is not None, attempt=merge.attempt + 1
+                )
+            return replace(_merging(status, artifact, base), create_job=False, requeue_after=wait)
+        return _failed(spec, status, artifact, merge, base)
     # No result yet for this plan: merge (again), and keep serving whatever serves now.
-    running_step = merge.step if merge and merge.plan_hash == plan_hash else None
+    return _merging(status, artifact, base, attempt=merge.attempt if _same(merge, plan_hash) else 0)
+
+
+def _same(merge: MergeStatus | None, plan_hash: str) -> bool:
+    return merge is not None and merge.plan_hash == plan_hash
+
+
+def _published(
+    artifact: ArtifactStatus | None, status: ModelDeploymentStatus, plan_hash: str
+) -> ArtifactStatus | None:
+    """The current plan's validated artifact: just published, in status, or in the history."""
+    if artifact is not None and artifact.plan_hash == plan_hash:
+        return artifact
+    for entry in reversed(status.history):
+        if entry.plan_hash == plan_hash:
+            return artifact_from_history(entry)
+    return None
+
+
+def _artifact_gone(
+    artifact: ArtifactStatus, job: JobObservation | None, rollout: Rollout | None
+) -> str | None:
+    """Why the served artifact must be made again: a serving pod's check of it failed after
+    the Job that made it finished (the claim was replaced, the directory deleted)."""
+    failed_at = rollout.verify_failed_at if rollout else None
+    if failed_at is None or (job is not None and job.state == "Running"):
+        return None
+    if job is not None and (job.finished_at is None or job.finished_at >= failed_at):
+        return None
+    detail = rollout.verify_message if rollout else None
+    return f"{artifact.name} failed its check in a serving pod: {detail or 'missing'}"
+
+
+def _merging(
+    status: ModelDeploymentStatus,
+    artifact: ArtifactStatus | None,
+    base: dict[str, Any],
+    *,
+    rerun: bool = False,
+    attempt: int = 0,
+) -> Decision:
+    """Run the current plan's Job, and keep serving whatever serves now."""
+    merge = base["merge"]
+    running_step = merge.step if merge is not None and merge.state == "Running" else None
     phase: Phase = "Validating" if running_step in VALIDATION_STEPS else "Merging"
     keep = status.serving_mode
-    rollback = _kept_rollback(status) if keep == "adapter" else None
-    return Decision(create_job=True, serve=keep, phase=phase, rollback=rollback, **base)
+    rollback = _kept_rollback(status) if keep else None
+    return Decision(
+        create_job=True,
+        serve=keep,
+        artifact=artifact,
+        phase=phase,
+        rollback=rollback,
+        rerun_job=rerun,
+        attempt=attempt,
+        **base,
+    )
+
+
+def _failed(
+    spec: ModelDeploymentSpec,
+    status: ModelDeploymentStatus,
+    artifact: ArtifactStatus | None,
+    merge: MergeStatus,
+    base: dict[str, Any],
+) -> Decision:
+    """The current plan failed for good: back to the last validated artifact; adapter serving
+    only without one, and never for inputs the Job refused on purpose."""
+    reason = failure_reason(merge)
+    message = f"{merge.step or 'job'}: {merge.message or merge.reason or 'failed'}"
+    deliberate = merge.reason in DELIBERATE_REASONS
+    if artifact is not None:
+        rollback = Rollback(
+            reason, f"{message}; serving the last validated artifact {artifact.name}"
+        )
+        phase: Phase = "RolledBack" if spec.rollback.on_failure else "Failed"
+        return Decision(
+            create_job=False,
+            serve="merged",
+            artifact=artifact,
+            phase=phase,
+            rollback=rollback,
+            problem=(reason, message),
+            **base,
+        )
+    if spec.rollback.on_failure and not deliberate:
+        return Decision(
+            create_job=False,
+            serve="adapter",
+            artifact=None,
+            phase="RolledBack",
+            rollback=Rollback(reason, message),
+            problem=(reason, message),
+            **base,
+        )
+    # A refusal keeps what serves now, but never starts serving the refused inputs.
+    keep = None if deliberate else status.serving_mode
+    return Decision(
+        create_job=False,
+        serve=keep,
+        artifact=None,
+        phase="Failed",
+        problem=(reason, message),
+        **base,
+    )
+
+
+def _pinned(
+    name: str,
+    status: ModelDeploymentStatus,
+    artifact: ArtifactStatus | None,
+    base: dict[str, Any],
+) -> Decision:
+    """spec.rollback.to: serve that artifact of the history; no merge."""
+    entry = next((e for e in reversed(status.history) if e.name == name), None)
+    if entry is None:
+        message = f"spec.rollback.to: {name} is not in status.history"
+        return Decision(
+            create_job=False,
+            serve=status.serving_mode,
+            artifact=artifact,
+            phase="Failed",
+            problem=("UnknownArtifact", message),
+            **base,
+        )
+    rollback = Rollback("Pinned", f"spec.rollback.to: {name}")
+    return Decision(
+        create_job=False,
+        serve="merged",
+        artifact=artifact_from_history(entry),
+        phase=None,
+        rollback=rollback,
+        **base,
+    )
+
+
+def _seconds_since(stamp: str | None, now: datetime) -> float:
+    if not stamp:
+        return float("inf")
+    then = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return (now - then).total_seconds()
+
+
+def artifact_from_history(entry: HistoryEntry) -> ArtifactStatus:
+    return ArtifactStatus(
+        name=entry.name,
+        path=entry.path,
+        digest=entry.digest,
+        bytes=entry.bytes,
+        quantization=entry.quantization,
+        plan_hash=entry.plan_hash,
+    )
+
+
+def with_history(
+    history: list[HistoryEntry],
+    artifact: ArtifactStatus | None,
+    validation: ValidationStatus | None,
+    now: str,
+) -> list[HistoryEntry]:
+    """`history` with `artifact` as its newest entry (once per name), cut to the limit."""
+    if artifact is None or any(e.name == artifact.name for e in history):
+        return list(history)
+    entry = HistoryEntry(
+        name=artifact.name,
+        path=artifact.path,
+        plan_hash=artifact.plan_hash,
+        digest=artifact.digest,
+        bytes=artifact.bytes,
+        quantization=artifact.quantization,
+        validation=validation,
+        published_at=now,
+    )
+    return [*history, entry][-HISTORY_LIMIT:]
 
 
 def failure_reason(merge: MergeStatus) -> str:
     if merge.step == "validate" or merge.reason == "ValidationFailed":
         return "ValidationFailed"
+    if merge.reason in DELIBERATE_REASONS:
+        return merge.reason
     return "MergeFailed"
 
 
@@ -137,8 +388,12 @@ def _harvest(
         plan_hash=job.plan_hash,
         state=job.state,
         step=result.step or job.step,
-        reason=result.reason or job.reason,
+        reason=result.reason or job.reason or job.container_reason or job.pod_reason,
         message=_short(result.message or job.message),
+        retry=job.retry,
+        attempt=job.attempt,
+        transient=transient_failure(job) if job.state == "Failed" else None,
+        finished_at=_stamp(job.finished_at) if job.finished_at else None,
     )
     harvested: dict[str, Any] = {}
     if result.validation:
@@ -167,11 +422,20 @@ def artifact_from_result(artifact: ArtifactResult, plan_hash: str) -> ArtifactSt
 
 
 def phase_of(decision: Decision, rollout: Rollout) -> Phase:
+    """Serving only with a ready pod of what status says is served."""
     if decision.phase is not None:
         return decision.phase
     if decision.serve is None:
         return "Pending"
-    return "Serving" if rollout.complete else "Deploying"
+    if rollout.complete and rollout.serving_ready > 0:
+        return "Serving"
+    if rollout.complete and rollout.replicas == 0:
+        return "Pending"
+    return "Deploying"
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def conditions(
@@ -205,8 +469,9 @@ def conditions(
 def _ready(decision: Decision, rollout: Rollout) -> tuple[str, str, str, str]:
     if decision.serve is None:
         return "Ready", "False", "NotDeployed", "nothing to serve yet"
-    if rollout.complete and rollout.ready > 0:
-        return "Ready", "True", "Serving", f"{rollout.ready} replica(s) ready ({decision.serve})"
+    if rollout.complete and rollout.serving_ready > 0:
+        ready = rollout.serving_ready
+        return "Ready", "True", "Serving", f"{ready} replica(s) ready ({decision.serve})"
     if rollout.complete:
         return "Ready", "False", "NoReplicas", "serving.replicas is 0"
     return "Ready", "False", "RollingOut", f"{rollout.ready}/{rollout.replicas} replicas ready"
@@ -214,18 +479,42 @@ def _ready(decision: Decision, rollout: Rollout) -> tuple[str, str, str, str]:
 
 def _merged(decision: Decision) -> tuple[str, str, str, str]:
     merge = decision.merge
+    if decision.healing and decision.create_job:
+        return "Merged", "False", "ArtifactMissing", decision.healing
     if decision.current_artifact and decision.artifact:
         return "Merged", "True", "Published", decision.artifact.name
+    if merge and decision.requeue_after is not None:
+        wait = f"retry {merge.attempt + 1} in {decision.requeue_after:.0f} s"
+        return "Merged", "False", "RetryingTransientFailure", f"{merge.reason}: {wait}"
     if merge and merge.state == "Failed" and not decision.create_job:
         return "Merged", "False", failure_reason(merge), merge.message or ""
     if decision.create_job:
         step = merge.step if merge and merge.state == "Running" else None
-        return "Merged", "False", "Merging", f"step {step}" if step else "merge job scheduled"
+        retry = f" (retry {decision.attempt})" if decision.attempt else ""
+        message = f"step {step}" if step else "merge job scheduled"
+        return "Merged", "False", "Merging", message + retry
     return "Merged", "False", "NotRequested", "serving base + adapters"
 
 
+def storage_warning(spec: ModelDeploymentSpec) -> tuple[str, str] | None:
+    """(reason, message) when the volume cannot be shared by the pods that mount it: a
+    ReadWriteOnce claim attaches to one node, and nothing keeps the Job and the serving
+    replicas on the same one (Multi-Attach errors)."""
+    storage = spec.storage
+    if storage.existing_claim or "ReadWriteMany" in storage.access_modes:
+        return None
+    if "ReadWriteOnce" not in storage.access_modes:
+        return None
+    replicas = spec.serving.replicas
+    return (
+        "ReadWriteOnce",
+        f"storage.accessModes is ReadWriteOnce: the merge Job and {replicas} serving "
+        "replica(s) must land on one node or hit Multi-Attach errors; use ReadWriteMany",
+    )
+
+
 def _rolled_back(decision: Decision) -> tuple[str, str, str, str]:
-    if decision.rollback and decision.serve == "adapter":
+    if decision.rollback and decision.serve is not None:
         return "RolledBack", "True", decision.rollback.reason, decision.rollback.message
     return "RolledBack", "False", "NotRolledBack", ""
 

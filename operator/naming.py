@@ -13,6 +13,8 @@ LABEL_DEPLOYMENT = "lorafuse.dev/deployment"
 LABEL_COMPONENT = "lorafuse.dev/component"
 LABEL_PLAN = "lorafuse.dev/plan"
 ANNOTATION_DIGEST = "lorafuse.dev/artifact-digest"
+ANNOTATION_RETRY = "lorafuse.dev/retry"  # on a ModelDeployment: a new value re-runs a failed plan
+ANNOTATION_ATTEMPT = "lorafuse.dev/attempt"  # on a Job: retries after transient failures
 ANNOTATION_OWNER = "lorafuse.dev/owner"  # on pods: the ModelDeployment (labels may be cut)
 PEERING_NAME = "lorafuse"  # kopf's peering object for leader election
 
@@ -21,6 +23,8 @@ MODELS_MOUNT = "/models"
 ARTIFACT_ROOT = f"{MODELS_MOUNT}/artifacts"
 WORK_ROOT = f"{MODELS_MOUNT}/work"
 HF_CACHE = f"{MODELS_MOUNT}/hf"
+SERVING_CACHE_MOUNT = "/cache"  # adapter-mode serving pods: a writable emptyDir
+SERVING_HF_CACHE = f"{SERVING_CACHE_MOUNT}/hf"
 SOURCES_MOUNT = "/sources"  # pvc://claim/path -> /sources/claim/path
 INPUTS_MOUNT = "/inputs"  # eval and calibration files from ConfigMaps (see merge_plan.py)
 PLAN_MOUNT = "/plan"
@@ -29,6 +33,7 @@ TERMINATION_LOG = "/dev/termination-log"
 
 DEFAULT_MERGER_IMAGE = f"ghcr.io/lorafuse/merger:{__version__}"
 DEFAULT_OPERATOR_IMAGE = f"ghcr.io/lorafuse/operator:{__version__}"
+DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"  # spec.serving.image's default
 
 MAX_NAME = 63
 
@@ -86,6 +91,12 @@ def source_path(source: str) -> str:
     if source.startswith("pvc://"):
         return f"{SOURCES_MOUNT}/{source.removeprefix('pvc://')}"
     return source
+
+
+def adapter_cache_path(source: str) -> str:
+    """Where an adapter-mode serving pod keeps an hf:// adapter, fetched at its revision."""
+    repo, revision = serving_ref(source)
+    return f"{SERVING_CACHE_MOUNT}/adapters/{repo.replace('/', '--')}--{revision or 'main'}"
 
 
 def source_claims(sources: list[str]) -> list[str]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from lorafuse.errors import UserError, first_error
@@ -16,9 +18,19 @@ from lorafuse.operator.children.common import Images, Owner
 from lorafuse.operator.children.desired import desired_objects
 from lorafuse.operator.children.service import endpoint
 from lorafuse.operator.kube import Kube
-from lorafuse.operator.lifecycle import Decision, Rollout, conditions, decide, phase_of
+from lorafuse.operator.lifecycle import (
+    Decision,
+    RetryPolicy,
+    Rollout,
+    conditions,
+    decide,
+    phase_of,
+    storage_warning,
+    with_history,
+)
 from lorafuse.operator.merge_plan import plan_for, plan_hash
 from lorafuse.operator.metrics import Metrics
+from lorafuse.operator.policy import Policy, violations
 from lorafuse.operator.serving_target import ServingTarget, model_names
 from lorafuse.operator.sizing import Sizing, size_serving
 from lorafuse.operator.spec import (
@@ -36,20 +48,27 @@ log = logging.getLogger(__name__)
 EmitEvent = Callable[[str, str, str], None]
 
 
+class ChildrenNotApplied(Exception):
+    """Some children were refused by the API server; status says which (ApplyFailed)."""
+
+
 @dataclass
 class Reconciler:
     kube: Kube
     images: Images
     metrics: Metrics
+    policy: Policy = field(default_factory=Policy)
+    retries: RetryPolicy = field(default_factory=RetryPolicy)
 
-    def reconcile(self, body: dict[str, Any], emit: EmitEvent) -> None:
-        """Bring the children in line with the spec. No requeue: the Job's pods, the Job and
-        the Deployment post events as they progress, and those trigger the next reconcile."""
+    def reconcile(self, body: dict[str, Any], emit: EmitEvent) -> float | None:
+        """Bring the children in line with the spec. The Job's pods, the Job, the Deployment
+        and its pods post events as they progress, and those trigger the next reconcile; the
+        return value asks for one more after that many seconds (a retry's back-off)."""
         started = time.monotonic()
         meta = body["metadata"]
         owner = Owner(meta["name"], meta["namespace"], meta.get("uid"))
         try:
-            phase = self._reconcile(owner, body, emit)
+            phase, requeue_after = self._reconcile(owner, body, emit)
         except Exception as exc:
             self.metrics.errors.labels(type(exc).__name__).inc()
             self.metrics.reconciles.labels("error").inc()
@@ -58,44 +77,109 @@ class Reconciler:
             self.metrics.duration.observe(time.monotonic() - started)
         self.metrics.reconciles.labels("ok").inc()
         self.metrics.set_phase(owner.namespace, owner.name, phase)
+        return requeue_after
 
-    def _reconcile(self, owner: Owner, body: dict[str, Any], emit: EmitEvent) -> Phase:
+    def _reconcile(
+        self, owner: Owner, body: dict[str, Any], emit: EmitEvent
+    ) -> tuple[Phase, float | None]:
         generation = body["metadata"].get("generation")
         old = _read_status(body)
         try:
             spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
         except ValidationError as exc:
             message = first_error(exc).at("spec")
-            return self._fail(owner, old, generation, "InvalidSpec", message, emit)
+            return self._fail(owner, old, generation, "InvalidSpec", message, emit), None
+        if broken := violations(spec, self.policy):
+            message = "; ".join(str(v) for v in broken)
+            return self._fail(owner, old, generation, "PolicyViolation", message, emit), None
         plan = plan_for(spec)
         current_plan = plan_hash(plan)
+        retry_token = (body["metadata"].get("annotations") or {}).get(naming.ANNOTATION_RETRY)
 
         job_name = naming.job_name(owner.name, current_plan)
         job = self.kube.observe_job(owner.namespace, job_name, current_plan)
-        decision = decide(spec, old, current_plan, job)
+        deployment_name = naming.deployment_name(owner.name)
+        seen = self.kube.observe_rollout(owner.namespace, deployment_name)
+        decision = decide(
+            spec,
+            old,
+            current_plan,
+            job,
+            retry_token=retry_token,
+            retries=self.retries,
+            rollout=seen,
+        )
         sizing, unfit = _size(spec, decision, old)
         target = _serving_target(decision, sizing) if sizing else None
         start_job = decision.create_job and job is None
         desired = desired_objects(owner, spec, plan, self.images, merge=start_job, serving=target)
-        for obj in desired:
-            self.kube.apply(obj)
         if start_job:
+            _mark_job(desired, retry_token, decision.attempt)
+        if conflict := self._conflict(owner, desired):
+            return self._fail(owner, old, generation, "NameConflict", conflict, emit), None
+        refused = self._apply_all(desired)
+        requeue_after = decision.requeue_after
+        if start_job and not any(o["kind"] == "Job" for o, _ in refused):
             emit("Normal", "MergeStarted", f"job {job_name} for artifact {plan.artifact_name()}")
-            started = MergeStatus(job=job_name, plan_hash=current_plan, state="Running")
+            started = MergeStatus(
+                job=job_name,
+                plan_hash=current_plan,
+                state="Running",
+                retry=retry_token,
+                attempt=decision.attempt,
+            )
             decision = replace(decision, merge=started)
-        elif decision.create_job and job is not None and job.state == "Succeeded":
-            # Its pod (and result) went before we read it: run it again; the steps find
-            # their outputs on the volume and only report them.
+        elif (
+            decision.create_job
+            and job is not None
+            and (decision.rerun_job or job.state == "Succeeded")
+        ):
+            # A retry, a healing, or a result lost with its pod: the Job goes, and the next
+            # reconcile (its deletion kicks one) starts it again; the steps find their
+            # outputs on the volume and only report them.
             self.kube.delete_job(owner.namespace, job_name)
-            emit("Warning", "MergeResultLost", f"job {job_name} left no result; running it again")
+            why = decision.healing or ("retry" if decision.rerun_job else "left no result")
+            emit("Warning", "MergeRerun", f"job {job_name}: {why}; running it again")
+            requeue_after = 1.0
         self.kube.delete_stale_merges(owner.namespace, owner.name, current_plan)
         if unfit is not None:
-            return self._fail(owner, old, generation, "ServingDoesNotFit", unfit, emit)
-        rollout = self.kube.observe_rollout(owner.namespace, naming.deployment_name(owner.name))
+            return self._fail(owner, old, generation, "ServingDoesNotFit", unfit, emit), None
+        rollout = self.kube.observe_rollout(owner.namespace, deployment_name)
 
         new = self._status(owner, spec, old, decision, sizing, rollout, generation)
+        if refused:
+            new = _with_apply_failure(new, old, refused, generation)
         self._record(owner, old, new, decision, emit)
-        return new.phase
+        if refused:
+            message = _ready_message(new)
+            emit("Warning", "ApplyFailed", message)
+            raise ChildrenNotApplied(message)
+        return new.phase, requeue_after
+
+    def _conflict(self, owner: Owner, desired: list[dict[str, Any]]) -> str | None:
+        """An object the resource would own exists and is not its own: no takeover."""
+        if not owner.uid:
+            return None
+        names = {(o["kind"], o["metadata"]["name"]) for o in desired}
+        names |= {
+            ("Deployment", naming.deployment_name(owner.name)),
+            ("Service", naming.service_name(owner.name)),
+        }
+        for kind, name in sorted(names):
+            if reason := self.kube.foreign(kind, owner.namespace, name, owner.uid):
+                return reason
+        return None
+
+    def _apply_all(self, desired: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+        """Apply every child; the ones the API server refuses, with its message."""
+        refused = []
+        for obj in desired:
+            try:
+                self.kube.apply(obj)
+            except ApiException as exc:
+                log.warning("apply %s/%s: %s", obj["kind"], obj["metadata"]["name"], exc.reason)
+                refused.append((obj, _api_message(exc)))
+        return refused
 
     def _status(
         self,
@@ -117,20 +201,29 @@ class Reconciler:
                 why=sizing.why,
                 endpoint=endpoint(owner, spec),
                 replicas=rollout.replicas,
-                ready_replicas=rollout.ready,
+                ready_replicas=rollout.serving_ready,
                 updated_replicas=rollout.updated,
+                previous=rollout.previous,
+                previous_ready_replicas=rollout.previous_ready,
             )
         harvested = decision.harvested
+        validation = harvested.get("validation", old.validation)
+        history = old.history
+        if decision.current_artifact:
+            history = with_history(old.history, decision.artifact, validation, time_now())
         return ModelDeploymentStatus(
             phase=phase_of(decision, rollout),
             serving_mode=decision.serve,
             artifact=decision.artifact,
             provenance=harvested.get("provenance", old.provenance),
-            validation=harvested.get("validation", old.validation),
+            validation=validation,
             model_shape=harvested.get("model_shape", old.model_shape),
             merge=decision.merge,
             serving=serving,
-            conditions=conditions(decision, rollout, generation, old.conditions),
+            history=history,
+            conditions=_with_storage_warning(
+                spec, conditions(decision, rollout, generation, old.conditions), old, generation
+            ),
             observed_generation=generation,
         )
 
@@ -198,6 +291,58 @@ class Reconciler:
             emit("Normal", "ArtifactPublished", f"{new.artifact.name} {new.artifact.digest}")
         else:
             emit("Warning", "MergeFailed", f"{merge.step}: {merge.reason}: {merge.message}")
+
+
+def _mark_job(desired: list[dict[str, Any]], retry: str | None, attempt: int) -> None:
+    """The retry annotation and transient-failure attempt a Job was started under."""
+    for obj in desired:
+        if obj["kind"] == "Job":
+            annotations = obj["metadata"].setdefault("annotations", {})
+            annotations[naming.ANNOTATION_ATTEMPT] = str(attempt)
+            if retry is not None:
+                annotations[naming.ANNOTATION_RETRY] = retry
+
+
+def _api_message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body)["message"])
+    except (TypeError, ValueError, KeyError):
+        return f"{exc.status} {exc.reason}"
+
+
+def _with_apply_failure(
+    new: ModelDeploymentStatus,
+    old: ModelDeploymentStatus,
+    refused: list[tuple[dict[str, Any], str]],
+    generation: int | None,
+) -> ModelDeploymentStatus:
+    """Ready=False, reason ApplyFailed, with what the API server said about each child."""
+    message = "; ".join(f"{o['kind']} {o['metadata']['name']}: {m}" for o, m in refused)
+    ready = Condition(type="Ready", status="False", reason="ApplyFailed", message=message[:1000])
+    kept = [c for c in new.conditions if c.type != "Ready"]
+    return new.model_copy(
+        update={"conditions": [_stamped(ready, old.conditions, generation), *kept]}
+    )
+
+
+def _with_storage_warning(
+    spec: ModelDeploymentSpec,
+    current: list[Condition],
+    old: ModelDeploymentStatus,
+    generation: int | None,
+) -> list[Condition]:
+    """Adds condition StorageWarning=True while the volume's access mode invites trouble."""
+    warning = storage_warning(spec)
+    if warning is None:
+        return current
+    reason, message = warning
+    condition = Condition(type="StorageWarning", status="True", reason=reason, message=message)
+    return [*current, _stamped(condition, old.conditions, generation)]
+
+
+def _ready_message(status: ModelDeploymentStatus) -> str:
+    ready = next(c for c in status.conditions if c.type == "Ready")
+    return ready.message or ready.reason
 
 
 def _read_status(body: dict[str, Any]) -> ModelDeploymentStatus:

@@ -90,13 +90,13 @@ def _collapse_any_of(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, An
         raise ValueError(f"no structural form for anyOf {types}")
     integer = next(o for o in options if o["type"] == "integer")
     string = next(o for o in options if o["type"] == "string")
-    words = string.get("enum") or [string["const"]]
+    words = string.get("enum") or ([string["const"]] if "const" in string else None)
     out = {
         INT_OR_STRING: True,
         "anyOf": [{"type": "integer"}, {"type": "string"}],
         # pattern checks strings only and minimum numbers only, so together they say
-        # "one of these words, or a number in range".
-        "pattern": "^(" + "|".join(words) + ")$",
+        # "one of these words (or strings of this pattern), or a number in range".
+        "pattern": "^(" + "|".join(words) + ")$" if words else string["pattern"],
     }
     for bound in ("minimum", "maximum"):
         if bound in integer:

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from lorafuse.merger.pipeline.plan import SOURCE_PATTERN, CombineMethod, OutputDtype, QuantMethod
+from lorafuse.operator.naming import DEFAULT_VLLM_IMAGE
 
 GROUP = "lorafuse.dev"
 VERSION = "v1alpha1"
@@ -19,6 +20,10 @@ SHORT_NAMES = ["mdep"]
 Phase = Literal["Pending", "Merging", "Validating", "Deploying", "Serving", "RolledBack", "Failed"]
 ServingMode = Literal["merged", "adapter"]
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# An image reference: no spaces or shell characters; the admin policy decides which ones.
+IMAGE = r"^[a-z0-9][-a-z0-9._/:@]*$"
+ARTIFACT_NAME = r"^[A-Za-z0-9][-A-Za-z0-9_.]*$"
+PERCENT_OR_NUMBER = r"^[0-9]{1,3}%$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?|[mkMGTPE]|[eE][0-9]+)?$"
 
 
@@ -141,6 +146,24 @@ class ProbeSpec(_Model):
         description="How long vLLM may take to load the model before the pod is restarted.",
     )
     period_seconds: int = Field(default=10, ge=1, le=300)
+    readiness_timeout_seconds: int = Field(
+        default=5, ge=1, le=300, description="A loaded vLLM can answer /health slowly."
+    )
+    liveness_timeout_seconds: int = Field(
+        default=10, ge=1, le=300, description="Longer than readiness: a timeout here restarts vLLM."
+    )
+
+
+Surge = Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=PERCENT_OR_NUMBER)]
+
+
+class RolloutSpec(_Model):
+    """How the serving Deployment replaces pods; a full GPU pool needs maxSurge 0."""
+
+    max_surge: Surge = Field(default=1, description="Extra pods during a rollout (n or n%).")
+    max_unavailable: Surge = Field(
+        default=0, description="Pods that may be missing during a rollout (n or n%)."
+    )
 
 
 ModelLen = Annotated[int, Field(ge=16)] | Literal["auto"]
@@ -151,7 +174,11 @@ class ServingSpec(_Model):
     mode: ServingMode = Field(
         default="merged", description="merged: serve the artifact; adapter: base + LoRA."
     )
-    image: str = Field(default="vllm/vllm-openai:v0.11.0", min_length=1)
+    image: str = Field(
+        default=DEFAULT_VLLM_IMAGE,
+        pattern=IMAGE,
+        description="vLLM image; must match the operator's allowed image patterns.",
+    )
     replicas: int = Field(default=1, ge=0, le=1000)
     served_model_name: str | None = Field(
         default=None,
@@ -179,7 +206,11 @@ class ServingSpec(_Model):
         default=64, ge=1, le=512, description="Adapter mode: the largest adapter rank."
     )
     port: int = Field(default=8000, ge=1, le=65535)
-    extra_args: list[str] = Field(default_factory=list, description="Appended to vLLM's args.")
+    extra_args: list[str] = Field(
+        default_factory=list,
+        description="Appended to vLLM's args; arguments the operator owns (--model, "
+        "--lora-modules, --trust-remote-code, ...) are refused.",
+    )
     env: list[dict[str, Any]] = Field(
         default_factory=list, description="Extra environment variables for vLLM."
     )
@@ -189,13 +220,28 @@ class ServingSpec(_Model):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     probes: ProbeSpec = ProbeSpec()
+    rollout: RolloutSpec = RolloutSpec()
 
 
 class RollbackSpec(_Model):
     on_failure: bool = Field(
         default=True,
-        description="Serve base + adapters when the merge or its validation fails.",
+        description="When a new plan fails: serve the last validated artifact, or base + "
+        "adapters when there is none (never after a deliberate refusal).",
     )
+    to: str | None = Field(
+        default=None,
+        pattern=ARTIFACT_NAME,
+        max_length=253,
+        description="Serve this artifact from status.history instead of the current plan's.",
+    )
+
+
+class CredentialsSpec(_Model):
+    """The hub token, for fetching hf:// sources and for vLLM in adapter mode."""
+
+    secret_name: str = Field(pattern=DNS_LABEL, max_length=253)
+    key: str = Field(default="token", pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)
 
 
 class StorageSpec(_Model):
@@ -213,8 +259,12 @@ class StorageSpec(_Model):
 
 
 class JobSpec(_Model):
-    image: str | None = Field(default=None, description="Merger image; the operator's default.")
-    resources: dict[str, Any] = Field(default_factory=dict)
+    image: str | None = Field(
+        default=None, pattern=IMAGE, description="Merger image; the operator's default."
+    )
+    resources: dict[str, Any] = Field(
+        default_factory=dict, description="Empty: the operator's default requests."
+    )
     env: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Extra environment of the steps, e.g. HF_TOKEN from a Secret (valueFrom).",
@@ -236,6 +286,7 @@ class ModelDeploymentSpec(_Model):
     rollback: RollbackSpec = RollbackSpec()
     storage: StorageSpec = StorageSpec()
     job: JobSpec = JobSpec()
+    credentials: CredentialsSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelDeploymentSpec:
@@ -253,6 +304,8 @@ class ModelDeploymentSpec(_Model):
 
 
 # --- status -----------------------------------------------------------------------------
+
+HISTORY_LIMIT = 10
 
 
 class Condition(_Model):
@@ -293,6 +346,10 @@ class ServingStatus(_Model):
     replicas: int | None = None
     ready_replicas: int = 0
     updated_replicas: int = 0
+    previous: str | None = Field(
+        default=None, description="What old pods still serve while this rolls out."
+    )
+    previous_ready_replicas: int = 0
 
 
 class MergeStatus(_Model):
@@ -304,6 +361,25 @@ class MergeStatus(_Model):
     step: str | None = None
     reason: str | None = None
     message: str | None = None
+    retry: str | None = Field(default=None, description="lorafuse.dev/retry it ran under.")
+    attempt: int = Field(default=0, ge=0, description="Retries after transient failures.")
+    transient: bool | None = Field(
+        default=None, description="The failure was evicted, OOMKilled, deadline or node lost."
+    )
+    finished_at: str | None = None
+
+
+class HistoryEntry(_Model):
+    """A published, validated artifact of this resource (newest last)."""
+
+    name: str
+    path: str
+    plan_hash: str | None = None
+    digest: str | None = None
+    bytes: int | None = Field(default=None, ge=0)
+    quantization: str | None = None
+    validation: ValidationStatus | None = None
+    published_at: str | None = None
 
 
 class ModelDeploymentStatus(_Model):
@@ -317,6 +393,7 @@ class ModelDeploymentStatus(_Model):
     )
     merge: MergeStatus | None = None
     serving: ServingStatus | None = None
+    history: list[HistoryEntry] = Field(default_factory=list, max_length=HISTORY_LIMIT)
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
 

@@ -50,6 +50,12 @@ class WorkQueue:
             old.cancel()
         self._retries[key] = asyncio.get_running_loop().call_later(delay, self.kick, key)
 
+    def kick_later(self, key: Hashable, delay: float) -> None:
+        """Reconcile `key` again after `delay` seconds (a retry's back-off), once."""
+        if old := self._retries.pop(key, None):
+            old.cancel()
+        self._retries[key] = asyncio.get_running_loop().call_later(delay, self.kick, key)
+
     async def idle(self) -> None:
         """Wait until no worker runs (for tests and a clean shutdown)."""
         while self._workers:

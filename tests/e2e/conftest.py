@@ -30,6 +30,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.e2e)
+            # The first test also pays for image builds, node start, merge and vLLM start.
+            item.add_marker(pytest.mark.timeout(3600))
 
 
 @dataclass

@@ -29,9 +29,14 @@ def split_image(image: str) -> tuple[str, str]:
 
 
 def helm_install(cluster: Cluster) -> None:
-    """`helm install` of charts/lorafuse, one replica, the images scripts/images.sh built."""
+    """`helm install` of charts/lorafuse, one replica, the images scripts/images.sh built.
+
+    The chart's image policy then allows exactly these merger and vLLM images.
+    """
     operator_repo, operator_tag = split_image(cluster.images["operator"])
     merger_repo, merger_tag = split_image(cluster.images["merger"])
+    vllm_repo, vllm_tag = split_image(cluster.images["vllm"])
+    vllm_repo, vllm_tag = split_image(cluster.images["vllm"])  # the admin policy allows it
     argv = [
         helm_binary(),
         "install",
@@ -45,6 +50,10 @@ def helm_install(cluster: Cluster) -> None:
         "--set=operator.image.pullPolicy=Never",
         f"--set=merger.image.repository={merger_repo}",
         f"--set=merger.image.tag={merger_tag}",
+        f"--set=vllm.image.repository={vllm_repo}",
+        f"--set=vllm.image.tag={vllm_tag}",
+        f"--set=vllm.image.repository={vllm_repo}",
+        f"--set=vllm.image.tag={vllm_tag}",
         "--set=operator.replicas=1",
         "--wait",
         "--timeout=5m",

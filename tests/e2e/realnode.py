@@ -47,6 +47,10 @@ class RealNode:
         self.timings["containerd"] = time.monotonic() - t0
         for image in [PAUSE_IMAGE, *images]:
             import_image(image)
+        # Earlier builds (other content hashes) would pile up gigabytes in containerd.
+        for stale in set(_ctr("images", "ls", "-q").split()) - {PAUSE_IMAGE, *images}:
+            if stale.startswith("localhost/lorafuse/"):
+                run("ctr", "-n", "k8s.io", "images", "rm", stale, check=False)
         self.timings["images imported"] = time.monotonic() - t0
         t1 = time.monotonic()
         self._start_scheduler()

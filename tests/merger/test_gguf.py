@@ -306,6 +306,60 @@ def test_same_export_again_is_reused_and_another_into_it_refused(merged_bf16, tm
     assert run_cli("quantize", "--method", "gguf-f16", "--model", merged, "--out", out) == 2
 
 
+# --- with llama.cpp (scripts/llama-cpp-venv.sh; LORAFUSE_LLAMA_CPP_PYTHON) -----------------
+
+LLAMA_TOKENIZE = """
+import json, sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], vocab_only=True, verbose=False)
+print(json.dumps(llm.tokenize(sys.argv[2].encode(), add_bos=False, special=False)))
+"""
+
+
+@pytest.fixture
+def llama_cpp_python():
+    from lorafuse.merger.gguf.kquants import llama_cpp_python
+
+    python = llama_cpp_python()
+    if python is None:
+        pytest.skip("llama-cpp-python not found: scripts/llama-cpp-venv.sh, then set "
+                    "LORAFUSE_LLAMA_CPP_PYTHON to its bin/python")
+    return python
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_llama_cpp_tokenizes_like_transformers(arch, llama_cpp_python, merged_bf16, tmp_path):
+    import subprocess
+
+    from transformers import AutoTokenizer
+
+    merged = merged_bf16(arch)
+    path = export(merged, tmp_path / "out", "gguf-f16")
+    text = "Where is my order? The invoice for March is missing. 1000 tickets!\n  Hello"
+    done = subprocess.run([llama_cpp_python, "-c", LLAMA_TOKENIZE, str(path), text],
+                          capture_output=True, text=True, check=True)
+    ids = json.loads(done.stdout.strip().splitlines()[-1])
+    assert ids == AutoTokenizer.from_pretrained(merged)(text, add_special_tokens=False).input_ids
+
+
+def test_k_quants_are_llama_cpps_own(llama_cpp_python, tiny_base, tiny_adapter, tmp_path):
+    # rows of 256 values: one K-quant super-block (narrower rows fall back to other types)
+    base = tiny_base("llama", hidden_size=256, intermediate_size=512)
+    merged = tmp_path / "merged"
+    assert merge_cli(base, [tiny_adapter(base, target_modules="all-linear")], merged) == 0
+    path = export(merged, tmp_path / "out", "gguf-q4_k_m")
+    assert field(path, "general.file_type") == gguf.LlamaFileType.MOSTLY_Q4_K_M
+    expected = hashlib.sha256((merged / "lorafuse.json").read_bytes()).hexdigest()
+    assert field(path, "lorafuse.provenance_sha256") == expected  # kept by llama.cpp
+    stored = gguf_tensors(path)
+    assert stored["blk.0.attn_v.weight"].tensor_type in (Q.Q4_K, Q.Q6_K)
+    weight = load_output(merged)["model.layers.0.self_attn.v_proj.weight"].float().numpy()
+    values = gguf.dequantize(stored["blk.0.attn_v.weight"].data,
+                             stored["blk.0.attn_v.weight"].tensor_type).reshape(weight.shape)
+    assert np.abs(values - weight).max() <= 0.1 * np.abs(weight).max()
+    assert not (tmp_path / "out" / "model-f16.gguf").exists()
+
+
 # --- validation of a GGUF candidate ---------------------------------------------------------
 
 

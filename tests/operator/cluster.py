@@ -28,6 +28,7 @@ FAKE_VLLM_IMAGE = "vllm/vllm-openai:fake"
 REAL_VLLM_IMAGE = "vllm/vllm-openai:cpu"
 FAKE_VLLM = Path(__file__).with_name("fake_vllm.py")
 OPERATOR_ACCOUNT = "lorafuse-operator"
+HUB_SECRET = "hub-token"  # the one Secret the test operator's policy allows
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
@@ -119,6 +120,11 @@ class OperatorProcess:
             f"--merger-image={MERGER_IMAGE}",
             f"--operator-image={OPERATOR_IMAGE}",
             f"--priority={priority}",
+            # The admin policy: this harness's images, one hub-token Secret, quick retries.
+            f"--allowed-image={MERGER_IMAGE}",
+            "--allowed-image=vllm/vllm-openai:*",
+            f"--allowed-secret={HUB_SECRET}",
+            "--retry-backoff=1",
         ]
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         with self.log.open("w") as out:

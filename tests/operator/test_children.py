@@ -224,3 +224,70 @@ def test_child_names_stay_within_63_characters(name):
         naming.claim_name(name),
     ):
         assert len(child) <= 63
+
+
+# --- credentials, defaults, probes, rollout, adapter mode ----------------------------------
+
+
+def _with(raw_spec, **sections) -> ModelDeploymentSpec:
+    for section, values in sections.items():
+        raw_spec[section] = {**raw_spec.get(section, {}), **values}
+    return ModelDeploymentSpec.model_validate(raw_spec)
+
+
+HUB_TOKEN = {
+    "name": "HF_TOKEN",
+    "valueFrom": {"secretKeyRef": {"name": "hub", "key": "token"}},
+}
+
+
+def test_the_hub_token_reaches_every_job_step(owner, raw_spec):
+    spec = _with(raw_spec, credentials={"secretName": "hub"})
+    job = _job(owner, spec)["spec"]["template"]["spec"]
+    for container in job["initContainers"] + job["containers"]:
+        assert HUB_TOKEN in container["env"]
+
+
+def test_the_hub_token_reaches_vllm_in_adapter_mode_only(owner, raw_spec):
+    spec = _with(raw_spec, credentials={"secretName": "hub"})
+    assert HUB_TOKEN in _vllm(owner, spec, ADAPTER)["env"]
+    assert HUB_TOKEN not in _vllm(owner, spec, MERGED)["env"]
+
+
+def test_job_steps_without_resources_get_the_operators_default_requests(owner, spec):
+    for container in _job(owner, spec)["spec"]["template"]["spec"]["containers"]:
+        assert container["resources"] == {"requests": {"cpu": "1", "memory": "4Gi"}}
+
+
+def test_probe_timeouts_default_to_at_least_five_seconds_and_are_configurable(owner, raw_spec):
+    vllm = _vllm(owner, ModelDeploymentSpec.model_validate(raw_spec), MERGED)
+    assert vllm["readinessProbe"]["timeoutSeconds"] >= 5
+    assert vllm["livenessProbe"]["timeoutSeconds"] >= 5
+    spec = _with(raw_spec, serving={"probes": {"livenessTimeoutSeconds": 30}})
+    assert _vllm(owner, spec, MERGED)["livenessProbe"]["timeoutSeconds"] == 30
+
+
+def test_the_rollout_strategy_is_configurable_for_a_full_gpu_pool(owner, raw_spec):
+    spec = _with(raw_spec, serving={"rollout": {"maxSurge": 0, "maxUnavailable": "50%"}})
+    strategy = serving_deployment(owner, spec, MERGED, Images())["spec"]["strategy"]
+    assert strategy["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": "50%"}
+
+
+def test_adapter_mode_gets_a_writable_hub_cache(owner, spec):
+    pod = _pod(serving_deployment(owner, spec, ADAPTER, Images()))
+    assert {"name": "hf-cache", "emptyDir": {}} in pod["volumes"]
+    vllm = pod["containers"][0]
+    assert {"name": "HF_HOME", "value": "/cache/hf"} in vllm["env"]
+    assert {"name": "hf-cache", "mountPath": "/cache"} in vllm["volumeMounts"]
+
+
+def test_adapter_mode_fetches_hub_adapters_at_their_revision(owner, raw_spec):
+    raw_spec["adapters"] = [{"name": "a", "source": "hf://acme/support@4f2c1e9"}]
+    spec = ModelDeploymentSpec.model_validate(raw_spec)
+    pod = _pod(serving_deployment(owner, spec, ADAPTER, Images()))
+    (fetch,) = pod["initContainers"]
+    cached = "/cache/adapters/acme--support--4f2c1e9"
+    assert fetch["args"] == ["acme/support", "4f2c1e9", cached]
+    args = pod["containers"][0]["args"]
+    assert _flag(args, "--lora-modules") == f"support-bot={cached}"
+    assert _flag(args, "--revision") == "0123abc"  # the base: pinned as given

@@ -48,3 +48,28 @@ def test_containers_cannot_escalate_and_drop_every_capability(manifest):
                 "allowPrivilegeEscalation": False,
                 "capabilities": {"drop": ["ALL"]},
             }, container["name"]
+
+
+def test_the_example_namespace_enforces_the_restricted_profile():
+    namespace = yaml.safe_load((REPO / "manifests/examples/namespace.yaml").read_text())
+    assert namespace["kind"] == "Namespace"
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+@pytest.mark.parametrize("manifest", EXAMPLES)
+def test_merge_steps_are_never_best_effort(manifest):
+    for pod in pod_templates(manifest):
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            if container["command"][:2] == ["lorafuse", "job"] and container["name"] != "verify":
+                assert container["resources"].get("requests"), container["name"]
+
+
+def test_every_example_that_creates_its_volume_shares_it_read_write_many():
+    for path in sorted((REPO / "manifests/examples").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if (
+                doc
+                and doc["kind"] == "ModelDeployment"
+                and "existingClaim" not in doc["spec"].get("storage", {})
+            ):
+                assert doc["spec"]["storage"]["accessModes"] == ["ReadWriteMany"], path.name

@@ -33,6 +33,51 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("LORAFUSE_OPERATOR_IMAGE", naming.DEFAULT_OPERATOR_IMAGE),
         help="slim image that verifies artifacts in serving pods (env LORAFUSE_OPERATOR_IMAGE)",
     )
+    policy = parser.add_argument_group("admin policy (what ModelDeployments may use)")
+    policy.add_argument(
+        "--allowed-image",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="image pattern (fnmatch) the Job and vLLM may use (repeatable); "
+        f"default: the merger image and {naming.DEFAULT_VLLM_IMAGE}",
+    )
+    policy.add_argument(
+        "--allowed-secret",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="Secret name pattern spec.credentials and env secretKeyRefs may name (repeatable); "
+        "default: none",
+    )
+    policy.add_argument(
+        "--forbid-vllm-arg",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="a vLLM flag extraArgs may not carry, besides those the operator owns (repeatable)",
+    )
+    policy.add_argument(
+        "--job-cpu-request", default="1", help="CPU request of merge steps without resources"
+    )
+    policy.add_argument(
+        "--job-memory-request",
+        default="4Gi",
+        help="memory request of merge steps without resources",
+    )
+    policy.add_argument(
+        "--transient-retries",
+        type=int,
+        default=3,
+        help="retries of a Job evicted, OOMKilled, past its deadline or on a lost node",
+    )
+    policy.add_argument(
+        "--retry-backoff",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="wait before the first such retry; doubled after each",
+    )
     parser.add_argument(
         "--priority",
         type=int,
@@ -57,7 +102,6 @@ def run(args: argparse.Namespace) -> int:
     import kopf
     from kubernetes import client, config
 
-    from lorafuse.operator.children.common import Images
     from lorafuse.operator.handlers import Controller, configure_settings, ensure_peering, register
     from lorafuse.operator.kube import Kube
     from lorafuse.operator.metrics import Metrics
@@ -73,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
     namespaces: list[str] = list(dict.fromkeys(args.namespace))
     clusterwide = not namespaces
     metrics = Metrics()
-    reconciler = Reconciler(kube, Images(args.merger_image, args.operator_image), metrics)
+    reconciler = Reconciler(
+        kube, _images(args), metrics, policy=admin_policy(args), retries=_retries(args)
+    )
     controller = Controller(reconciler)
     registry = kopf.OperatorRegistry()
     register(registry, controller)
@@ -110,6 +156,38 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def admin_policy(args: argparse.Namespace):
+    """The installer's policy from the flags (the chart renders them from its values)."""
+    from lorafuse.operator.policy import OPERATOR_OWNED_VLLM_ARGS, Policy
+
+    images = args.allowed_image or [args.merger_image, naming.DEFAULT_VLLM_IMAGE]
+    return Policy(
+        allowed_images=tuple(images),
+        allowed_secrets=tuple(args.allowed_secret),
+        forbidden_vllm_args=(*OPERATOR_OWNED_VLLM_ARGS, *args.forbid_vllm_arg),
+        merger_image=args.merger_image,
+    )
+
+
+def _images(args: argparse.Namespace):
+    from lorafuse.operator.children.common import Images
+
+    requests = {"cpu": args.job_cpu_request, "memory": args.job_memory_request}
+    return Images(
+        args.merger_image,
+        args.operator_image,
+        job_requests=tuple((k, v) for k, v in requests.items() if v),
+    )
+
+
+def _retries(args: argparse.Namespace):
+    from lorafuse.operator.lifecycle import RetryPolicy
+
+    if args.transient_retries < 0 or args.retry_backoff < 0:
+        raise UserError("--transient-retries and --retry-backoff must not be negative")
+    return RetryPolicy(args.transient_retries, args.retry_backoff)
 
 
 def _load_config(config, kubeconfig: str | None):
