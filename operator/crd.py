@@ -24,6 +24,14 @@ PRINTER_COLUMNS = [
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
+# `kubectl scale mdep` and autoscalers (an HPA or KEDA aimed at the ModelDeployment) read
+# and write the serving replicas through this; the selector is the serving pods'.
+SCALE = {
+    "specReplicasPath": ".spec.serving.replicas",
+    "statusReplicasPath": ".status.serving.replicas",
+    "labelSelectorPath": ".status.serving.selector",
+}
+
 # kopf keeps its leader election ("peering") in these; a replica that sees a peer with a
 # higher priority pauses, so of two operator replicas one works and one waits.
 PEERING_GROUP = "kopf.dev"
@@ -63,7 +71,7 @@ def model_deployment_crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "schema": {"openAPIV3Schema": schema},
-                    "subresources": {"status": {}},
+                    "subresources": {"status": {}, "scale": SCALE},
                     "additionalPrinterColumns": PRINTER_COLUMNS,
                 }
             ],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +12,7 @@ from kubernetes.client.exceptions import ApiException
 
 from lorafuse.merger.pipeline.result import JobResult, parse_result
 from lorafuse.operator import naming
+from lorafuse.operator.children.common import ServedApis
 from lorafuse.operator.lifecycle import JobObservation, Rollout
 from lorafuse.operator.spec import GROUP, KIND, PLURAL, VERSION
 
@@ -25,7 +26,15 @@ APPLIED = {
     "Service": ("", "services"),
     "Deployment": ("apps", "deployments"),
     "Job": ("batch", "jobs"),
+    "HorizontalPodAutoscaler": ("autoscaling", "horizontalpodautoscalers"),
+    "PodDisruptionBudget": ("policy", "poddisruptionbudgets"),
+    "Ingress": ("networking.k8s.io", "ingresses"),
 }
+# Keeps a Deployment's replicas when the operator hands them to an autoscaler.
+REPLICAS_HANDOVER = "lorafuse-replicas-handover"
+# Kinds whose served versions differ between Kubernetes releases (autoscaling/v2beta2 and
+# policy/v1beta1 are gone from newer clients): applied through the generic object calls.
+VERSIONED = ("HorizontalPodAutoscaler", "PodDisruptionBudget", "Ingress")
 
 
 @dataclass
@@ -33,6 +42,7 @@ class Kube:
     """The API calls reconcile makes, on one ApiClient."""
 
     api: client.ApiClient
+    _served: ServedApis | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.core = client.CoreV1Api(self.api)
@@ -45,6 +55,20 @@ class Kube:
     def apply(self, obj: dict[str, Any]) -> None:
         """Server-side apply under the operator's field manager; fields it dropped are removed."""
         meta = obj["metadata"]
+        if obj["kind"] in VERSIONED:
+            group, version = obj["apiVersion"].split("/")
+            self.custom.patch_namespaced_custom_object(
+                group,
+                version,
+                meta["namespace"],
+                APPLIED[obj["kind"]][1],
+                meta["name"],
+                obj,
+                field_manager=naming.FIELD_MANAGER,
+                force=True,
+                _content_type=APPLY,
+            )
+            return
         patch = {
             "ConfigMap": self.core.patch_namespaced_config_map,
             "PersistentVolumeClaim": self.core.patch_namespaced_persistent_volume_claim,
@@ -61,9 +85,72 @@ class Kube:
             _content_type=APPLY,
         )
 
-    def foreign(self, kind: str, namespace: str, name: str, owner_uid: str) -> str | None:
+    def release_replicas(self, namespace: str, name: str) -> bool:
+        """Before the operator stops applying a Deployment's replicas (an autoscaler takes
+        over), a second field manager applies the current count: a field its only manager
+        drops is reset to the default, 1, which would scale serving down first."""
+        try:
+            existing = self.apps.read_namespaced_deployment(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        if not _applies_replicas(existing.metadata.managed_fields or []):
+            return False
+        body = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": existing.spec.replicas},
+        }
+        self.apps.patch_namespaced_deployment(
+            name, namespace, body, field_manager=REPLICAS_HANDOVER, _content_type=APPLY
+        )
+        return True
+
+    def foreign(
+        self, kind: str, namespace: str, name: str, owner_uid: str, api_version: str = ""
+    ) -> str | None:
         """Why an existing object of this name is not ours to apply (None: absent or ours).
         Ours means an ownerReference with the ModelDeployment's UID."""
+        refs = self._owner_refs(kind, namespace, name, api_version)
+        if refs is None or any(ref["uid"] == owner_uid for ref in refs):
+            return None
+        owners = ", ".join(f"{ref['kind']}/{ref['name']}" for ref in refs) or "no owner"
+        return f"{kind} {name} already exists ({owners}); it is left alone"
+
+    def delete_if_ours(
+        self, kind: str, namespace: str, name: str, owner_uid: str, api_version: str
+    ) -> bool:
+        """Removes an optional child the spec no longer asks for (never someone else's)."""
+        refs = self._owner_refs(kind, namespace, name, api_version)
+        if refs is None or not any(ref["uid"] == owner_uid for ref in refs):
+            return False
+        group, version = api_version.split("/")
+        try:
+            self.custom.delete_namespaced_custom_object(
+                group, version, namespace, APPLIED[kind][1], name
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        return True
+
+    def _owner_refs(
+        self, kind: str, namespace: str, name: str, api_version: str
+    ) -> list[dict[str, Any]] | None:
+        """The owner references of an existing object (None: there is none)."""
+        if kind in VERSIONED:
+            group, version = api_version.split("/")
+            try:
+                found = self.custom.get_namespaced_custom_object(
+                    group, version, namespace, APPLIED[kind][1], name
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            return list(found["metadata"].get("ownerReferences") or [])
         read = {
             "ConfigMap": self.core.read_namespaced_config_map,
             "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim,
@@ -78,10 +165,7 @@ class Kube:
                 return None
             raise
         refs = existing.metadata.owner_references or []
-        if any(ref.uid == owner_uid for ref in refs):
-            return None
-        owners = ", ".join(f"{ref.kind}/{ref.name}" for ref in refs) or "no owner"
-        return f"{kind} {name} already exists ({owners}); it is left alone"
+        return [{"uid": ref.uid, "kind": ref.kind, "name": ref.name} for ref in refs]
 
     def apply_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         body = {
@@ -158,6 +242,15 @@ class Kube:
                 raise
 
     # --- reads --------------------------------------------------------------------------
+
+    def served_apis(self) -> ServedApis:
+        """The versions this API server serves (asked once: they change only on upgrade)."""
+        if self._served is None:
+            groups = client.ApisApi(self.api).get_api_versions().groups or []
+            served = {v.group_version for g in groups for v in g.versions or []}
+            pdb = "policy/v1" if "policy/v1" in served else "policy/v1beta1"
+            self._served = ServedApis(pod_disruption_budget=pdb)
+        return self._served
 
     def get_model_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -252,6 +345,16 @@ class Kube:
             verify_failed_at=failed_at,
             verify_message=message,
         )
+
+
+def _applies_replicas(managed_fields: list[Any]) -> bool:
+    """Whether the operator's apply still owns spec.replicas."""
+    return any(
+        entry.manager == naming.FIELD_MANAGER
+        and entry.operation == "Apply"
+        and "f:replicas" in ((entry.fields_v1 or {}).get("f:spec") or {})
+        for entry in managed_fields
+    )
 
 
 def _selector(labels: dict[str, str]) -> str:

@@ -6,7 +6,7 @@ import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from lorafuse.operator.spec import Phase
+from lorafuse.operator.spec import Phase, ServingMode
 
 PHASES: tuple[Phase, ...] = (
     "Pending",
@@ -17,6 +17,7 @@ PHASES: tuple[Phase, ...] = (
     "RolledBack",
     "Failed",
 )
+MODES: tuple[ServingMode, ...] = ("merged", "adapter")
 
 
 class Metrics:
@@ -57,15 +58,36 @@ class Metrics:
             registry=r,
         )
 
+        self.serving_mode = Gauge(
+            "lorafuse_deployment_serving_mode",
+            "1 for the mode a ModelDeployment serves in (merged, adapter), 0 for the other; "
+            "both 0 while nothing serves",
+            ["namespace", "name", "mode"],
+            registry=r,
+        )
+        self.artifact_published = Gauge(
+            "lorafuse_artifact_published_timestamp_seconds",
+            "When the artifact a ModelDeployment serves was published (its age: time() - this)",
+            ["namespace", "name"],
+            registry=r,
+        )
+
     def set_phase(self, namespace: str, name: str, phase: Phase) -> None:
         for each in PHASES:
             self.phase.labels(namespace, name, each).set(1 if each == phase else 0)
+
+    def set_serving_mode(self, namespace: str, name: str, mode: ServingMode | None) -> None:
+        for each in MODES:
+            self.serving_mode.labels(namespace, name, each).set(1 if each == mode else 0)
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop the per-resource series of a deleted ModelDeployment."""
         for each in PHASES:
             self._remove(self.phase, namespace, name, each)
+        for each in MODES:
+            self._remove(self.serving_mode, namespace, name, each)
         self._remove(self.artifact_bytes, namespace, name)
+        self._remove(self.artifact_published, namespace, name)
 
     @staticmethod
     def _remove(gauge: Gauge, *labels: str) -> None:

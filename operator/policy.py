@@ -7,7 +7,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from lorafuse.operator import naming
-from lorafuse.operator.spec import ModelDeploymentSpec
+from lorafuse.operator.spec import ModelDeploymentSpec, PodTemplateSpec
 
 # vLLM arguments that decide what is served, where, and how far it is trusted: the operator
 # sets them from the spec; in extraArgs they would silently replace the verified artifact.
@@ -40,6 +40,29 @@ OPERATOR_OWNED_VLLM_ARGS = (
     "--worker-cls",
     "--logits-processors",
     "--config",
+)
+
+
+# Pod fields the operator renders itself: what runs (image, command, args), the model volume
+# and the security context floor. A podTemplate setting one is refused, never merged.
+OPERATOR_OWNED_POD_FIELDS = (
+    "containers",
+    "initContainers",
+    "image",
+    "command",
+    "args",
+    "volumes",
+    "volumeMounts",
+    "securityContext",
+    "metadata",
+    "spec",
+)
+# Label and annotation keys the operator sets and selects on.
+OPERATOR_OWNED_KEYS = (
+    "lorafuse.dev/*",
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/component",
 )
 
 
@@ -82,6 +105,14 @@ def violations(spec: ModelDeploymentSpec, policy: Policy) -> list[Violation]:
             "spec.credentials.secretName",
             f"Secret {spec.credentials.secret_name!r} is not in the operator's allowed Secrets",
         )
+    tls = spec.serving.ingress.tls_secret_name if spec.serving.ingress else None
+    if tls and not _allowed_secret(tls, policy):
+        found.add(
+            "spec.serving.ingress.tlsSecretName",
+            f"Secret {tls!r} is not in the operator's allowed Secrets",
+        )
+    _check_pod_template(found, "spec.serving.podTemplate", spec.serving.pod_template, policy)
+    _check_pod_template(found, "spec.job.podTemplate", spec.job.pod_template, policy)
     for index, arg in enumerate(spec.serving.extra_args):
         if owned := _owned_arg(arg, policy):
             found.add(f"spec.serving.extraArgs[{index}]", f"{owned} is set by the operator")
@@ -103,6 +134,30 @@ def _check_env(found: _Found, where: str, env: list[dict[str, Any]], policy: Pol
                 f"{where}[{index}].valueFrom.secretKeyRef",
                 f"Secret {secret!r} is not in the operator's allowed Secrets "
                 "(use spec.credentials for the hub token)",
+            )
+
+
+def _check_pod_template(
+    found: _Found, where: str, template: PodTemplateSpec, policy: Policy
+) -> None:
+    for name in template.model_extra or {}:
+        if name in OPERATOR_OWNED_POD_FIELDS:
+            found.add(
+                f"{where}.{name}",
+                "is the operator's (image, command, args, the model volume and the security "
+                "context cannot be overridden)",
+            )
+        else:
+            found.add(f"{where}.{name}", "is not a podTemplate field")
+    for section, keys in (("labels", template.labels), ("annotations", template.annotations)):
+        for key in keys:
+            if any(fnmatchcase(key, owned) for owned in OPERATOR_OWNED_KEYS):
+                found.add(f"{where}.{section}[{key}]", "is set by the operator")
+    for index, secret in enumerate(template.image_pull_secrets):
+        if not _allowed_secret(secret.name, policy):
+            found.add(
+                f"{where}.imagePullSecrets[{index}]",
+                f"Secret {secret.name!r} is not in the operator's allowed Secrets",
             )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 READ = ["get", "list", "watch"]
+WRITE = ["create", "patch"]
 
 # Everything the operator touches in a namespace it watches. Children are deleted by the
 # garbage collector through owner references, so only Jobs and plan ConfigMaps of
@@ -31,6 +32,15 @@ NAMESPACED_RULES: list[dict[str, Any]] = [
         "resources": ["services", "persistentvolumeclaims"],
         "verbs": [*READ, "create", "patch"],
     },
+    # Optional serving children, deleted when the spec turns their feature off.
+    *(
+        {"apiGroups": [group], "resources": [resource], "verbs": [*READ, *WRITE, "delete"]}
+        for group, resource in (
+            ("autoscaling", "horizontalpodautoscalers"),
+            ("policy", "poddisruptionbudgets"),
+            ("networking.k8s.io", "ingresses"),
+        )
+    ),
     # Job pods: progress (which step runs) and the result in the termination message.
     {"apiGroups": [""], "resources": ["pods"], "verbs": READ},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},

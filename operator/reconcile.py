@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import json
 import logging
 import time
@@ -14,8 +15,8 @@ from pydantic import ValidationError
 
 from lorafuse.errors import UserError, first_error
 from lorafuse.operator import naming
-from lorafuse.operator.children.common import Images, Owner
-from lorafuse.operator.children.desired import desired_objects
+from lorafuse.operator.children.common import Images, Owner, ServedApis
+from lorafuse.operator.children.desired import desired_objects, unwanted_children
 from lorafuse.operator.children.service import endpoint
 from lorafuse.operator.kube import Kube
 from lorafuse.operator.lifecycle import (
@@ -112,12 +113,18 @@ class Reconciler:
         sizing, unfit = _size(spec, decision, old)
         target = _serving_target(decision, sizing) if sizing else None
         start_job = decision.create_job and job is None
-        desired = desired_objects(owner, spec, plan, self.images, merge=start_job, serving=target)
+        apis = self.kube.served_apis()
+        desired = desired_objects(
+            owner, spec, plan, self.images, merge=start_job, serving=target, apis=apis
+        )
         if start_job:
             _mark_job(desired, retry_token, decision.attempt)
         if conflict := self._conflict(owner, desired):
             return self._fail(owner, old, generation, "NameConflict", conflict, emit), None
+        if spec.serving.autoscaling is not None and target is not None:
+            self.kube.release_replicas(owner.namespace, deployment_name)
         refused = self._apply_all(desired)
+        self._remove_unwanted(owner, spec, apis)
         requeue_after = decision.requeue_after
         if start_job and not any(o["kind"] == "Job" for o, _ in refused):
             emit("Normal", "MergeStarted", f"job {job_name} for artifact {plan.artifact_name()}")
@@ -150,6 +157,7 @@ class Reconciler:
         if refused:
             new = _with_apply_failure(new, old, refused, generation)
         self._record(owner, old, new, decision, emit)
+        self.metrics.set_serving_mode(owner.namespace, owner.name, new.serving_mode)
         if refused:
             message = _ready_message(new)
             emit("Warning", "ApplyFailed", message)
@@ -165,10 +173,19 @@ class Reconciler:
             ("Deployment", naming.deployment_name(owner.name)),
             ("Service", naming.service_name(owner.name)),
         }
+        versions = {(o["kind"], o["metadata"]["name"]): o["apiVersion"] for o in desired}
         for kind, name in sorted(names):
-            if reason := self.kube.foreign(kind, owner.namespace, name, owner.uid):
+            version = versions.get((kind, name), "")
+            if reason := self.kube.foreign(kind, owner.namespace, name, owner.uid, version):
                 return reason
         return None
+
+    def _remove_unwanted(self, owner: Owner, spec: ModelDeploymentSpec, apis: ServedApis) -> None:
+        """Optional children (autoscaler, disruption budget, ...) the spec turned off."""
+        if not owner.uid:
+            return
+        for kind, api_version, name in unwanted_children(owner, spec, apis):
+            self.kube.delete_if_ours(kind, owner.namespace, name, owner.uid, api_version)
 
     def _apply_all(self, desired: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
         """Apply every child; the ones the API server refuses, with its message."""
@@ -201,6 +218,7 @@ class Reconciler:
                 why=sizing.why,
                 endpoint=endpoint(owner, spec),
                 replicas=rollout.replicas,
+                selector=_serving_selector(owner),
                 ready_replicas=rollout.serving_ready,
                 updated_replicas=rollout.updated,
                 previous=rollout.previous,
@@ -265,6 +283,8 @@ class Reconciler:
         self.kube.apply_status(owner.namespace, owner.name, _dump(new))
         if new.artifact and new.artifact.bytes is not None and new.serving_mode == "merged":
             self.metrics.artifact_bytes.labels(owner.namespace, owner.name).set(new.artifact.bytes)
+        if published := _published_at(new):
+            self.metrics.artifact_published.labels(owner.namespace, owner.name).set(published)
         if new.merge and (old.merge is None or old.merge.state != new.merge.state):
             self._merge_finished(owner, new, emit)
         if new.phase != old.phase:
@@ -291,6 +311,25 @@ class Reconciler:
             emit("Normal", "ArtifactPublished", f"{new.artifact.name} {new.artifact.digest}")
         else:
             emit("Warning", "MergeFailed", f"{merge.step}: {merge.reason}: {merge.message}")
+
+
+def _published_at(status: ModelDeploymentStatus) -> float | None:
+    """When the merged artifact being served was published (from status.history)."""
+    if status.serving_mode != "merged" or status.artifact is None:
+        return None
+    entry = next((h for h in status.history if h.name == status.artifact.name), None)
+    if entry is None or not entry.published_at:
+        return None
+    try:
+        return calendar.timegm(time.strptime(entry.published_at, "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:  # status edited by hand: no age rather than a failed reconcile
+        return None
+
+
+def _serving_selector(owner: Owner) -> str:
+    """The serving pods' label selector as the scale subresource reports it."""
+    labels = naming.selector(owner.name, "serving")
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
 
 
 def _mark_job(desired: list[dict[str, Any]], retry: str | None, attempt: int) -> None:

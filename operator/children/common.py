@@ -30,6 +30,17 @@ class Images:
     job_requests: tuple[tuple[str, str], ...] = tuple(DEFAULT_JOB_REQUESTS.items())
 
 
+@dataclass(frozen=True)
+class ServedApis:
+    """API versions of kinds that moved between Kubernetes releases, as the cluster serves
+    them (kube.py asks discovery; rendering takes them as given)."""
+
+    pod_disruption_budget: str = "policy/v1"  # policy/v1beta1 before Kubernetes 1.21
+
+
+NEWEST_APIS = ServedApis()  # what `lorafuse render` assumes: no cluster to ask
+
+
 # Every pod runs under the "restricted" Pod Security Standard as the images' user 10001.
 # fsGroup makes a root-owned volume (a fresh PV) writable for it: the kubelet gives the
 # volume that group. runAsGroup too: images default to gid 0.

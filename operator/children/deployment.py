@@ -17,6 +17,7 @@ from lorafuse.operator.children.common import (
     source_mounts,
     source_volumes,
 )
+from lorafuse.operator.children.pod_template import with_pod_template
 from lorafuse.operator.children.storage import claim_for
 from lorafuse.operator.serving_target import ServingTarget, vllm_options
 from lorafuse.operator.spec import ModelDeploymentSpec
@@ -55,7 +56,7 @@ def serving_deployment(
         pod_spec["nodeSelector"] = dict(opts.node_selector)
     if opts.tolerations:
         pod_spec["tolerations"] = list(opts.tolerations)
-    return {
+    deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": metadata(owner, naming.deployment_name(owner.name), "serving"),
@@ -80,6 +81,12 @@ def serving_deployment(
             },
         },
     }
+    with_pod_template(deployment["spec"]["template"], opts.pod_template)
+    if opts.autoscaling is not None:
+        # Left out of the applied object, so the HPA alone owns the count and the operator
+        # never sets it back on the next reconcile.
+        del deployment["spec"]["replicas"]
+    return deployment
 
 
 def _verify_container(target: ServingTarget, images: Images) -> dict[str, Any]:

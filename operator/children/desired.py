@@ -5,8 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from lorafuse.merger.pipeline.plan import MergePlan
-from lorafuse.operator.children.common import Images, Owner
+from lorafuse.operator import naming
+from lorafuse.operator.children.autoscaler import HPA_API_VERSION, horizontal_pod_autoscaler
+from lorafuse.operator.children.common import NEWEST_APIS, Images, Owner, ServedApis
 from lorafuse.operator.children.deployment import serving_deployment
+from lorafuse.operator.children.disruption import pod_disruption_budget
+from lorafuse.operator.children.ingress import INGRESS_API_VERSION, ingress
 from lorafuse.operator.children.job import merge_job, plan_config_map
 from lorafuse.operator.children.service import service
 from lorafuse.operator.children.storage import persistent_volume_claim
@@ -23,6 +27,7 @@ def desired_objects(
     *,
     merge: bool,
     serving: ServingTarget | None,
+    apis: ServedApis = NEWEST_APIS,
 ) -> list[dict[str, Any]]:
     """The volume; the plan ConfigMap and merge Job if `merge`; the Deployment and Service
     if there is something to serve. In apply order: what a later object uses comes first."""
@@ -33,4 +38,22 @@ def desired_objects(
         objects.append(merge_job(owner, spec, plan, current, images))
     if serving is not None:
         objects += [serving_deployment(owner, spec, serving, images), service(owner, spec)]
+        objects.append(horizontal_pod_autoscaler(owner, spec))
+        objects.append(pod_disruption_budget(owner, spec, apis))
+        objects.append(ingress(owner, spec))
     return [obj for obj in objects if obj is not None]
+
+
+def unwanted_children(
+    owner: Owner, spec: ModelDeploymentSpec, apis: ServedApis = NEWEST_APIS
+) -> list[tuple[str, str, str]]:
+    """(kind, apiVersion, name) of the optional children the spec has turned off."""
+    name = naming.deployment_name(owner.name)
+    unwanted = []
+    if horizontal_pod_autoscaler(owner, spec) is None:
+        unwanted.append(("HorizontalPodAutoscaler", HPA_API_VERSION, name))
+    if pod_disruption_budget(owner, spec, apis) is None:
+        unwanted.append(("PodDisruptionBudget", apis.pod_disruption_budget, name))
+    if ingress(owner, spec) is None:
+        unwanted.append(("Ingress", INGRESS_API_VERSION, naming.service_name(owner.name)))
+    return unwanted

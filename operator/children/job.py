@@ -18,6 +18,7 @@ from lorafuse.operator.children.common import (
     source_mounts,
     source_volumes,
 )
+from lorafuse.operator.children.pod_template import with_pod_template
 from lorafuse.operator.children.storage import claim_for
 from lorafuse.operator.spec import ModelDeploymentSpec
 
@@ -55,6 +56,13 @@ def merge_job(
         pod_spec["tolerations"] = list(spec.job.tolerations)
     name = naming.job_name(owner.name, plan_hash)
     plan_label = {naming.LABEL_PLAN: plan_hash}
+    template = {
+        "metadata": {
+            "labels": {**naming.labels(owner.name, "merge"), **plan_label},
+            "annotations": {naming.ANNOTATION_OWNER: owner.name},
+        },
+        "spec": pod_spec,
+    }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -62,13 +70,7 @@ def merge_job(
         "spec": {
             "backoffLimit": spec.job.backoff_limit,
             "activeDeadlineSeconds": spec.job.active_deadline_seconds,
-            "template": {
-                "metadata": {
-                    "labels": {**naming.labels(owner.name, "merge"), **plan_label},
-                    "annotations": {naming.ANNOTATION_OWNER: owner.name},
-                },
-                "spec": pod_spec,
-            },
+            "template": with_pod_template(template, spec.job.pod_template),
         },
     }
 

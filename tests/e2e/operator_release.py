@@ -63,6 +63,25 @@ def helm_install(cluster: Cluster) -> None:
         raise RuntimeError(f"helm install failed: {proc.stderr.strip()}")
 
 
+def helm_uninstall(cluster: Cluster) -> None:
+    """`helm uninstall` of the release (the CRDs stay, as docs/install.md says)."""
+    subprocess.run(
+        [
+            helm_binary(),
+            "uninstall",
+            RELEASE,
+            f"--kubeconfig={cluster.plane.kubeconfig}",
+            f"--namespace={RELEASE_NAMESPACE}",
+            "--wait",
+            "--timeout=2m",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+
+
 def post_json(url: str, body: dict[str, Any], timeout: float = 60) -> Any:
     """POST JSON to a Service of the test cluster; the decoded answer."""
     request = urllib.request.Request(

@@ -18,6 +18,7 @@ from .nodeplane import NODE_ADDRESS, NODE_NAME, POD_CIDR, NodeControlPlane
 
 PAUSE_IMAGE = "localhost/pause:3.4.1"
 POD_SUBNET = "10.244.0.0/24"
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 
 class RealNode:
@@ -183,15 +184,21 @@ class RealNode:
         return problems
 
     def drain(self) -> None:
-        """Delete every controller and pod, and wait until the kubelet has stopped them all."""
+        """Delete every controller and pod, and wait until the kubelet has stopped them all.
+
+        Test namespaces go as a whole: an operator left running would recreate its children.
+        """
+        core = kubernetes.client.CoreV1Api(self.plane.client)
+        for namespace in core.list_namespace().items:
+            if namespace.metadata.name not in SYSTEM_NAMESPACES:
+                core.delete_namespace(namespace.metadata.name, grace_period_seconds=1)
         for kinds in ("deploy,rs,sts,ds,job,cronjob", "pods"):
             self.plane.kubectl(
                 "delete", kinds, "--all", "-A", "--wait=false", "--grace-period=1", check=False
             )
-        core = kubernetes.client.CoreV1Api(self.plane.client)
         wait_until(
             lambda: not core.list_pod_for_all_namespaces().items,
-            timeout=120,
+            timeout=180,
             what="all pods deleted",
             interval=1,
         )

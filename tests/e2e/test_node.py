@@ -45,7 +45,7 @@ def test_the_kubelet_refuses_a_root_image_under_run_as_non_root(real_cluster, no
         return waiting and waiting.reason == "CreateContainerConfigError" and waiting.message
 
     message = wait_until(refused, timeout=60, what="CreateContainerConfigError")
-    assert "non-root" in message
+    assert "runAsNonRoot and image will run as root" in message
 
 
 def test_a_cluster_ip_service_routes_to_its_pod(real_cluster, node_namespace):

@@ -36,6 +36,16 @@ def _reasons(control_plane, namespace: str) -> list[str]:
     return [e.reason for e in items if e.involved_object.kind == "ModelDeployment"]
 
 
+def _eventually_reasons(control_plane, namespace: str, reason: str, timeout: float = 30) -> bool:
+    """Whether an event with `reason` is posted within `timeout` (it may trail the status)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if reason in _reasons(control_plane, namespace):
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def _jobs(control_plane, namespace: str) -> list:
     return kubernetes.client.BatchV1Api(control_plane.client).list_namespaced_job(namespace).items
 
@@ -58,7 +68,7 @@ def test_a_service_named_like_the_resource_survives_its_create_and_delete(
     )
     assert status["phase"] == "Failed"
     assert f"Service {NAME} already exists" in _ready(status)["message"]
-    assert "NameConflict" in _reasons(control_plane, namespace)
+    assert _eventually_reasons(control_plane, namespace, "NameConflict")
     assert _jobs(control_plane, namespace) == []  # nothing applied
     with pytest.raises(ApiException):
         core.read_namespaced_persistent_volume_claim(f"{NAME}-models", namespace)
@@ -85,10 +95,27 @@ def test_a_policy_violation_names_the_field_and_applies_nothing(
     assert status["phase"] == "Failed"
     message = _ready(status)["message"]
     assert "spec.job.image" in message and "spec.serving.extraArgs[0]" in message
-    assert "PolicyViolation" in _reasons(control_plane, namespace)
+    assert _eventually_reasons(control_plane, namespace, "PolicyViolation")
     assert _jobs(control_plane, namespace) == []
     core = kubernetes.client.CoreV1Api(control_plane.client)
     assert core.list_namespaced_persistent_volume_claim(namespace).items == []
+
+
+def test_a_pod_template_overriding_the_security_context_is_a_policy_violation(
+    control_plane, namespace, start_operator
+):
+    start_operator()
+    mdeps = ModelDeployments(control_plane, namespace)
+    template = {"securityContext": {"runAsUser": 0}, "priorityClassName": "high"}
+    mdeps.create(NAME, {**SPEC, "serving": {**SPEC["serving"], "podTemplate": template}})
+
+    status = mdeps.wait_status(
+        NAME, lambda s: _ready(s).get("reason") == "PolicyViolation", 90, "PolicyViolation"
+    )
+    assert "spec.serving.podTemplate.securityContext: is the operator's" in (
+        _ready(status)["message"]
+    )
+    assert _jobs(control_plane, namespace) == []
 
 
 def test_an_apply_error_is_reported_and_the_rest_is_still_applied(
@@ -103,7 +130,7 @@ def test_an_apply_error_is_reported_and_the_rest_is_still_applied(
     )
     message = _ready(status)["message"]
     assert message.startswith(f"Job {NAME}-merge-") and "quantities must match" in message
-    assert "ApplyFailed" in _reasons(control_plane, namespace)
+    assert _eventually_reasons(control_plane, namespace, "ApplyFailed")
     core = kubernetes.client.CoreV1Api(control_plane.client)
     core.read_namespaced_persistent_volume_claim(f"{NAME}-models", namespace)  # applied
 

@@ -60,9 +60,16 @@ def test_unknown_fields_are_kept_only_where_kubernetes_defines_the_content():
         ".spec.serving.env[]",
         ".spec.serving.resources",
         ".spec.serving.tolerations[]",
+        ".spec.serving.podTemplate.affinity",
+        ".spec.serving.podTemplate.topologySpreadConstraints[]",
         ".spec.job.resources",
         ".spec.job.env[]",
         ".spec.job.tolerations[]",
+        ".spec.job.podTemplate.affinity",
+        ".spec.job.podTemplate.topologySpreadConstraints[]",
+        # kept so that a field the operator owns is refused with a condition, not pruned
+        ".spec.serving.podTemplate",
+        ".spec.job.podTemplate",
         ".status.provenance",
         ".status.modelShape",
     }
@@ -129,3 +136,19 @@ def test_crd_command_prints_the_crd_and_peering_crds(capsys):
         "kopfpeerings.kopf.dev",
     ]
     assert docs[0] == model_deployment_crd()
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        ".spec.serving.autoscaling",
+        ".spec.serving.disruptionBudget",
+        ".spec.serving.ingress",
+        ".spec.serving.podTemplate",
+        ".spec.job.podTemplate",
+    ],
+)
+def test_kubectl_explain_describes_every_scaling_exposure_and_placement_field(section):
+    fields = [(p, n) for p, n in _nodes(_schema()) if p.startswith(section) and "{}" not in p]
+    assert fields
+    assert [p for p, n in fields if not n.get("description") and not p.endswith("[]")] == []

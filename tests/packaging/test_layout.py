@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -54,10 +55,28 @@ def test_no_folder_at_the_root_shadows_a_standard_library_module():
     assert shadowing == []
 
 
+def checkout_copy(target: Path) -> Path:
+    """The files git would commit (tracked and untracked, not ignored), links kept as links:
+    setuptools reuses a checkout's ignored build/ folder, which can hold deleted modules."""
+    listed = run("git", "ls-files", "--cached", "--others", "--exclude-standard", "-z")
+    assert listed.returncode == 0, listed.stderr
+    for name in filter(None, listed.stdout.split("\0")):
+        source, copy = REPO / name, target / name
+        if not source.exists() and not source.is_symlink():
+            continue  # deleted in the working tree, not yet in git
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_symlink():
+            copy.symlink_to(os.readlink(source))
+        else:
+            shutil.copy2(source, copy)
+    return target
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    result = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", out, REPO)
+    tree = checkout_copy(tmp_path_factory.mktemp("checkout"))
+    result = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", out, tree)
     assert result.returncode == 0, result.stderr
     (built,) = out.glob("lorafuse-*.whl")
     return built

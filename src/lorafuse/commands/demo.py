@@ -7,7 +7,7 @@ import argparse
 import time
 from pathlib import Path
 
-# float32 merge of a tiny model: anything above this means the merge is wrong.
+# A float32 merge (tiny model, or --real): anything above this means the merge is wrong.
 MAX_LOGIT_DIFF = 1e-3
 
 
@@ -20,7 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "'lorafuse[demo]'): train a LoRA that answers in JSON, merge, "
                              "compare answers and perplexity")
     parser.add_argument("--steps", type=int, default=None,
-                        help="with --real: training steps (default 30, about a minute)")
+                        help="with --real: training steps (default 24, about a minute)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,8 +62,12 @@ def run_real(directory: Path, steps: int | None) -> int:
         base = real.cached_base()
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from exc
+    real.link_base(base, directory)
     adapter, training = real.trained_adapter(base, directory, steps)
-    result = merge(MergeOptions(base=base, adapters=[adapter], out=directory / "merged"))
+    # float32: the comparison then shows the merge itself, not bf16 storage, whose rounding
+    # can flip a near-tie between two tokens (`lorafuse run` publishes bf16 and validates it).
+    result = merge(MergeOptions(base=base, adapters=[adapter], out=directory / "merged",
+                                dtype="float32"))
     rows, ppl = real.compare(base, adapter, result.out)
     trained = "reused" if training["reused"] else f"trained in {training['seconds']:.0f} s"
     print(f"base:    {base} (SmolLM2-135M-Instruct, bf16)\n"
@@ -76,9 +80,10 @@ def run_real(directory: Path, steps: int | None) -> int:
     same = all(row.same_text for row in rows)
     taught = sum(row.taught for row in rows)
     worst = max(row.max_logit_diff for row in rows)
-    verdict = "merged model matches adapter-on-base" if same \
+    matches = same and worst <= MAX_LOGIT_DIFF
+    verdict = "merged model matches adapter-on-base" if matches \
         else "MISMATCH between merged model and adapter-on-base"
-    print(f"{verdict} (greedy text on every prompt; max |dlogit| {worst:.2e}, the bf16 "
-          f"rounding of the merged weights)\nthe adapter's JSON answer is right on "
-          f"{taught}/{len(rows)} held-out questions; {time.monotonic() - started:.1f} s")
-    return 0 if same else 1
+    print(f"{verdict} (same greedy text on every question; max |dlogit| {worst:.2e})\n"
+          f"the adapter's JSON answer holds the right fact on {taught}/{len(rows)} held-out "
+          f"questions; {time.monotonic() - started:.1f} s")
+    return 0 if matches else 1
