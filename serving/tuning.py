@@ -259,7 +259,7 @@ def _lora_bytes(shape: ModelShape, request: TuneRequest, tp: int, pp: int) -> in
     return request.max_loras * per_layer * cdiv(shape.num_layers, pp) // tp
 
 
-def _plan(
+def _gpu_budget(
     shape: ModelShape, request: TuneRequest, memory_bytes: int, tp: int, pp: int,
     batched_tokens: int, seqs_cap: int,
 ) -> _GpuBudget:
@@ -302,15 +302,17 @@ def tune(shape: ModelShape, request: TuneRequest) -> TuneResult:
     default_batched, default_seqs = vllm_batch_defaults(memory_gib, request.gpu)
     batched = request.max_num_batched_tokens or default_batched
     seqs_cap = request.max_num_seqs or request.target_concurrency or default_seqs
-    plan = _plan(shape, request, hardware.memory_bytes, hardware.tp, hardware.pp, batched, seqs_cap)
+    budget = _gpu_budget(
+        shape, request, hardware.memory_bytes, hardware.tp, hardware.pp, batched, seqs_cap
+    )
 
     required_len = _required_len(shape, request)
-    if not _fits(plan, required_len, 1):
-        raise UserError(_refusal(shape, request, hardware, plan, required_len, batched, seqs_cap))
+    if not _fits(budget, required_len, 1):
+        raise UserError(_refusal(shape, request, hardware, budget, required_len, batched, seqs_cap))
 
-    max_model_len = _choose_max_model_len(shape, request, plan)
-    capacity = kv_capacity(plan.layout, plan.kv_bytes, max_model_len)
-    max_num_seqs = _choose_max_num_seqs(request, plan, max_model_len, seqs_cap)
+    max_model_len = _choose_max_model_len(shape, request, budget)
+    capacity = kv_capacity(budget.layout, budget.kv_bytes, max_model_len)
+    max_num_seqs = _choose_max_num_seqs(request, budget, max_model_len, seqs_cap)
     warnings = _warnings(shape, request, hardware, capacity, max_num_seqs, batched, seqs_cap)
     result = TuneResult(
         max_model_len=max_model_len,
@@ -322,16 +324,16 @@ def tune(shape: ModelShape, request: TuneRequest) -> TuneResult:
         tensor_parallel_size=hardware.tp,
         pipeline_parallel_size=hardware.pp,
         kv_cache_dtype=request.kv_cache_dtype,
-        block_size=plan.layout.block_size,
+        block_size=budget.layout.block_size,
         num_blocks=capacity.num_blocks,
-        kv_cache_bytes_per_gpu=plan.kv_bytes,
-        kv_bytes_per_token=plan.layout.token_bytes,
-        weight_bytes_per_gpu=plan.weight_bytes,
-        allowance_bytes_per_gpu=dict(plan.allowance),
+        kv_cache_bytes_per_gpu=budget.kv_bytes,
+        kv_bytes_per_token=budget.layout.token_bytes,
+        weight_bytes_per_gpu=budget.weight_bytes,
+        allowance_bytes_per_gpu=dict(budget.allowance),
         full_length_sequences=capacity.full_length_sequences,
         warnings=warnings,
     )
-    result.explanation = _explain(shape, request, hardware, plan, capacity, result)
+    result.explanation = _explain(shape, request, hardware, budget, capacity, result)
     return result
 
 
@@ -384,13 +386,14 @@ def _required_len(shape: ModelShape, request: TuneRequest) -> int:
     return min(MIN_USEFUL_CONTEXT, positions)
 
 
-def _fits(plan: _GpuBudget, max_model_len: int, sequences: int) -> bool:
-    if plan.weight_bytes > plan.usable_bytes or plan.kv_bytes <= 0:
+def _fits(budget: _GpuBudget, max_model_len: int, sequences: int) -> bool:
+    if budget.weight_bytes > budget.usable_bytes or budget.kv_bytes <= 0:
         return False
-    return kv_capacity(plan.layout, plan.kv_bytes, max_model_len).full_length_sequences >= sequences
+    capacity = kv_capacity(budget.layout, budget.kv_bytes, max_model_len)
+    return capacity.full_length_sequences >= sequences
 
 
-def _choose_max_model_len(shape: ModelShape, request: TuneRequest, plan: _GpuBudget) -> int:
+def _choose_max_model_len(shape: ModelShape, request: TuneRequest, budget: _GpuBudget) -> int:
     if request.max_model_len is not None:
         return request.max_model_len
     positions = shape.max_position_embeddings
@@ -399,14 +402,14 @@ def _choose_max_model_len(shape: ModelShape, request: TuneRequest, plan: _GpuBud
     # The longest context (up to the model's) at which the wanted requests all fit whole;
     # with no concurrency asked for, context comes first: one request of it must fit.
     wanted = request.max_num_seqs or request.target_concurrency or 1
-    fitting = longest_fitting_len(plan.layout, plan.kv_bytes, wanted, positions)
+    fitting = longest_fitting_len(budget.layout, budget.kv_bytes, wanted, positions)
     if fitting == 0:
         raise UserError(f"{wanted} concurrent requests: the KV cache cannot hold one block each")
     return fitting
 
 
 def _choose_max_num_seqs(
-    request: TuneRequest, plan: _GpuBudget, max_model_len: int, seqs_cap: int
+    request: TuneRequest, budget: _GpuBudget, max_model_len: int, seqs_cap: int
 ) -> int:
     if request.max_num_seqs:
         return request.max_num_seqs
@@ -418,7 +421,7 @@ def _choose_max_num_seqs(
     per_request = max_model_len
     if not request.target_context:
         per_request = min(max_model_len, TYPICAL_REQUEST_TOKENS)
-    fitting = kv_capacity(plan.layout, plan.kv_bytes, per_request).full_length_sequences
+    fitting = kv_capacity(budget.layout, budget.kv_bytes, per_request).full_length_sequences
     return max(1, min(seqs_cap, fitting))
 
 
@@ -430,26 +433,26 @@ def smallest_gpu_count(
     for count in range(1, MAX_GPUS_SEARCHED + 1):
         if not _valid_tensor_parallel(shape, count):
             continue
-        plan = _plan(shape, request, memory_bytes, count, 1, batched_tokens, seqs_cap)
-        if _fits(plan, max_model_len, sequences):
+        budget = _gpu_budget(shape, request, memory_bytes, count, 1, batched_tokens, seqs_cap)
+        if _fits(budget, max_model_len, sequences):
             return count
     return None
 
 
 def _refusal(
-    shape: ModelShape, request: TuneRequest, hardware: _Hardware, plan: _GpuBudget,
+    shape: ModelShape, request: TuneRequest, hardware: _Hardware, budget: _GpuBudget,
     required_len: int, batched: int, seqs_cap: int,
 ) -> str:
     where = f"{request.gpus} × {hardware.name}"
-    usable = f"{_gib(plan.usable_bytes)} GiB usable per GPU ({request.utilization:g} utilization)"
-    if plan.weight_bytes > plan.usable_bytes:
-        reason = f"weights alone need {_gib(plan.weight_bytes)} GiB per GPU, {usable}"
+    usable = f"{_gib(budget.usable_bytes)} GiB usable per GPU ({request.utilization:g} utilization)"
+    if budget.weight_bytes > budget.usable_bytes:
+        reason = f"weights alone need {_gib(budget.weight_bytes)} GiB per GPU, {usable}"
     else:
         reason = (
-            f"after weights ({_gib(plan.weight_bytes)} GiB) and the activation/CUDA-graph "
-            f"allowance ({_gib(sum(plan.allowance.values()))} GiB), {usable} leaves "
-            f"{_gib(max(plan.kv_bytes, 0))} GiB of KV cache, less than one {required_len}-token "
-            f"request needs ({_gib(_request_bytes(plan.layout, required_len))} GiB)"
+            f"after weights ({_gib(budget.weight_bytes)} GiB) and the activation/CUDA-graph "
+            f"allowance ({_gib(sum(budget.allowance.values()))} GiB), {usable} leaves "
+            f"{_gib(max(budget.kv_bytes, 0))} GiB of KV cache, less than one {required_len}-token "
+            f"request needs ({_gib(_request_bytes(budget.layout, required_len))} GiB)"
         )
     count = smallest_gpu_count(
         shape, request, hardware.memory_bytes, required_len, 1, batched, seqs_cap
@@ -507,13 +510,13 @@ def _gib(n: int) -> str:
 
 
 def _explain(
-    shape: ModelShape, request: TuneRequest, hardware: _Hardware, plan: _GpuBudget,
+    shape: ModelShape, request: TuneRequest, hardware: _Hardware, budget: _GpuBudget,
     capacity: KvCapacity, result: TuneResult,
 ) -> str:
-    layout = plan.layout
+    layout = budget.layout
     kv_dtype = serving_dtype(shape) if request.kv_cache_dtype == "auto" else request.kv_cache_dtype
     aside = ", ".join(
-        f"{name.replace('_', ' ')} {_gib(size)}" for name, size in plan.allowance.items()
+        f"{name.replace('_', ' ')} {_gib(size)}" for name, size in budget.allowance.items()
     )
     sliding = (
         f" {shape.num_sliding_layers} of {shape.num_layers} layers keep only a "
@@ -525,13 +528,13 @@ def _explain(
     )
     return (
         f"On {request.gpus} × {hardware.name} ({_gib(hardware.memory_bytes)} GiB as vLLM sees "
-        f"it × {request.utilization:g} utilization = {_gib(plan.usable_bytes)} GiB per GPU, "
+        f"it × {request.utilization:g} utilization = {_gib(budget.usable_bytes)} GiB per GPU, "
         f"tensor parallel {hardware.tp}, pipeline parallel {hardware.pp}) the weights take "
-        f"{_gib(plan.weight_bytes)} GiB per GPU and {_gib(sum(plan.allowance.values()))} GiB "
+        f"{_gib(budget.weight_bytes)} GiB per GPU and {_gib(sum(budget.allowance.values()))} GiB "
         f"is set aside ({aside} GiB; the activations are those of vLLM's start-up profile: "
         f"a forward pass of {result.max_num_batched_tokens:,} batched tokens, then sampling "
-        f"{min(plan.profile_seqs, result.max_num_batched_tokens):,} sequences over "
-        f"{shape.vocab_size:,} tokens), leaving {_gib(plan.kv_bytes)} GiB for the KV cache. "
+        f"{min(budget.profile_seqs, result.max_num_batched_tokens):,} sequences over "
+        f"{shape.vocab_size:,} tokens), leaving {_gib(budget.kv_bytes)} GiB for the KV cache. "
         f"A token costs {layout.token_bytes:,} bytes per GPU "
         f"({layout.full_layers + layout.sliding_layers} layers × 2 (K and V) × "
         f"{kv_heads_per_gpu(shape, hardware.tp)} KV heads × {shape.head_dim} × "

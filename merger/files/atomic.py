@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lorafuse.errors import UserError
+from lorafuse.fsync import fsync_path
 
 _STAGING_TAG = ".lorafuse-staging-"
 
@@ -73,25 +74,13 @@ def _locked_staging(out: Path) -> tuple[Path, int]:
         os.close(fd)
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_tree(root: Path) -> None:
     """fsync every file, then every directory bottom-up: after a crash a published rename
     must not point at empty or short files."""
     for directory, _, files in os.walk(root, topdown=False):
         for name in files:
-            fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_NOFOLLOW)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(directory))
+            fsync_path(os.path.join(directory, name), follow_symlinks=False)
+        fsync_path(directory)
 
 
 def _chmod_default(directory: Path) -> None:
@@ -125,7 +114,7 @@ def staging_dir(out: Path) -> Iterator[Path]:
         _chmod_default(staging)
         fsync_tree(staging)
         _rename(staging, out)
-        fsync_dir(out.parent)
+        fsync_path(out.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -4,7 +4,6 @@ lorafuse.json) from a merged Hugging Face folder, published atomically as a dire
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 
 from lorafuse import __version__
 from lorafuse.errors import UserError
+from lorafuse.fsync import fsync_path
 from lorafuse.merger.engine.provenance import (
     PROVENANCE_NAME,
     read_provenance,
@@ -62,7 +62,7 @@ def export_gguf(model_dir: Path, out: Path, method_name: str) -> GgufResult:
             write_gguf(f16, model_dir, model, planned, method, provenance)
             kquants.quantize_file(quantizer[0], f16, target, method.llama_cpp_type)
             f16.unlink()
-            _fsync(target)
+            fsync_path(target)
         (staging / MODELFILE_NAME).write_text(modelfile(model_dir, GGUF_NAME))
         section = _section(model_dir, method, planned, target, quantizer)
         provenance["quantization"] = section
@@ -87,7 +87,7 @@ def write_gguf(path: Path, model_dir: Path, model: Architecture, planned: list[P
         writer.write_tensor_data(data)  # checks each size against the header's
     writer.flush()
     writer.close()
-    _fsync(path)
+    fsync_path(path)
 
 
 def _add_tensor_info(writer: gguf.GGUFWriter, tensor: PlannedTensor) -> None:
@@ -180,9 +180,3 @@ def _reusable(out: Path, model_dir: Path, method: GgufMethod) -> dict | None:
     return section
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -347,7 +347,7 @@ def _link_tree(source: Path, staging: Path) -> None:
 def _job_result(
     plan, target: Path, scan, report: dict, provenance: dict, model_dir: Path
 ) -> JobResult:
-    from lorafuse.serving.tuning import read_model_shape
+    from lorafuse.serving.model_shape import read_model_shape
 
     base = provenance.get("base") or {}
     result = JobResult(

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from lorafuse.errors import UserError
+from lorafuse.fsync import fsync_path
 
 
 def write_json(path: Path, data: object) -> None:
@@ -26,18 +27,12 @@ def write_json(path: Path, data: object) -> None:
             os.fsync(handle.fileno())
         os.chmod(temp, 0o644)
         os.replace(temp, path)
-        _fsync_dir(path.parent)  # the rename itself survives a crash only with its directory
+        fsync_path(path.parent)  # the rename itself survives a crash only with its directory
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def loads_json(raw: bytes | str, path: Path) -> object:
