@@ -240,6 +240,10 @@ class ControlPlane:
         path.chmod(0o600)
         return path
 
+    def _controller_manager_flags(self) -> list[str]:
+        """The controllers to run and how they authenticate (a node adds its networks)."""
+        return [f"--controllers={','.join(CONTROLLERS)}", "--use-service-account-credentials=false"]
+
     def _start_controller_manager(self) -> None:
         assert self.pki is not None
         port = free_port()
@@ -250,13 +254,12 @@ class ControlPlane:
             f"--secure-port={port}",
             "--port=0",
             f"--cert-dir={self.workdir / 'controller-manager-certs'}",
-            f"--controllers={','.join(CONTROLLERS)}",
             f"--service-account-private-key-file={self.pki.service_account_key}",
             f"--root-ca-file={self.pki.ca_cert}",
             "--leader-elect=false",
-            "--use-service-account-credentials=false",
             "--profiling=false",
             "--v=1",
+            *self._controller_manager_flags(),
         ]
         insecure = ssl.create_default_context()
         insecure.check_hostname = False

@@ -5,14 +5,13 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import secrets
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from tests.cluster.controlplane import SERVICE_ACCOUNT_ISSUER, ControlPlane, _http_ok
+from tests.cluster.controlplane import SERVICE_ACCOUNT_ISSUER, ControlPlane
 from tests.cluster.pki import (
     SERVING_DNS_NAMES,
     SERVING_IPS,
@@ -180,33 +179,13 @@ class NodeControlPlane(ControlPlane):
         ]
         self._launch("kube-apiserver", argv, self._apiserver_ready)
 
-    def _start_controller_manager(self) -> None:
-        port = free_port()
-        assert self.pki is not None
-        argv = [
-            self._binary("kube-controller-manager"),
-            f"--kubeconfig={self.kubeconfig}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={port}",
-            "--port=0",
-            f"--cert-dir={self.workdir / 'controller-manager-certs'}",
+    def _controller_manager_flags(self) -> list[str]:
+        # All controllers (node lifecycle, endpoints for kube-proxy...), each with its own
+        # service account, and the Service and pod networks of this node.
+        return [
             "--controllers=*",
-            f"--service-account-private-key-file={self.pki.service_account_key}",
-            f"--root-ca-file={self.pki.ca_cert}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             f"--cluster-cidr={POD_CIDR}",
             "--allocate-node-cidrs=false",
-            "--leader-elect=false",
             "--use-service-account-credentials=true",
-            "--profiling=false",
-            "--v=1",
         ]
-        insecure = ssl.create_default_context()
-        insecure.check_hostname = False
-        insecure.verify_mode = ssl.CERT_NONE
-        self._launch(
-            "kube-controller-manager",
-            argv,
-            lambda: _http_ok(f"https://127.0.0.1:{port}/healthz", context=insecure),
-        )
-        self.wait_for_service_account("default")
