@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-
 from tests.cluster.controlplane import SERVICE_ACCOUNT_ISSUER, ControlPlane
-from tests.cluster.pki import (
-    SERVING_DNS_NAMES,
-    SERVING_IPS,
-    Pki,
-    _builder,
-    _new_key,
-    _write_cert,
-    _write_key,
-)
+from tests.cluster.pki import Pki, create_client_cert, create_pki
 from tests.cluster.processes import free_port
 
 # A /32 alias on `lo` (the kernel has no dummy netdev): the apiserver and the kubelet listen
@@ -53,58 +40,10 @@ def _node_users() -> dict[str, NodeUser]:
 
 
 def create_node_pki(directory: Path) -> tuple[Pki, Path, Path]:
-    """CA, serving cert (also for NODE_ADDRESS), SA key and the apiserver's kubelet client cert."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_key = _new_key()
-    ca_cert = (
-        _builder("lorafuse-e2e-ca", "lorafuse-e2e-ca", ca_key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    serving_key = _new_key()
-    names: list[x509.GeneralName] = [x509.DNSName(n) for n in SERVING_DNS_NAMES]
-    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in (*SERVING_IPS, NODE_ADDRESS)]
-    serving_cert = (
-        _builder("kube-apiserver", "lorafuse-e2e-ca", serving_key.public_key())
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    client_key = _new_key()
-    now = datetime.datetime.now(datetime.UTC)
-    client_cert = (
-        x509.CertificateBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(x509.NameOID.ORGANIZATION_NAME, "system:masters"),
-                    x509.NameAttribute(x509.NameOID.COMMON_NAME, "kube-apiserver-kubelet-client"),
-                ]
-            )
-        )
-        .issuer_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "lorafuse-e2e-ca")]))
-        .public_key(client_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    pki = Pki(
-        ca_cert=directory / "ca.crt",
-        serving_cert=directory / "apiserver.crt",
-        serving_key=directory / "apiserver.key",
-        service_account_key=directory / "service-account.key",
-    )
-    _write_cert(ca_cert, pki.ca_cert)
-    _write_cert(serving_cert, pki.serving_cert)
-    _write_key(serving_key, pki.serving_key)
-    _write_key(_new_key(), pki.service_account_key)
-    _write_cert(client_cert, directory / "kubelet-client.crt")
-    _write_key(client_key, directory / "kubelet-client.key")
-    return pki, directory / "kubelet-client.crt", directory / "kubelet-client.key"
+    """The tests' PKI, its serving cert also for NODE_ADDRESS, and the apiserver's kubelet
+    client cert (group system:masters)."""
+    pki = create_pki(directory, extra_ips=(NODE_ADDRESS,))
+    return pki, *create_client_cert(pki, "kube-apiserver-kubelet-client", "system:masters")
 
 
 class NodeControlPlane(ControlPlane):
