@@ -75,9 +75,10 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then export PIP_INDEX_URL="$TORCH_INDEX_URL"; 
     && pip install --no-cache-dir "torch==${TORCH_VERSION}"
 COPY --from=build /wheels /wheels
 # The constraint keeps the torch installed above: llm-compressor must not swap it.
+# gguf: quantization.method gguf-* (not the K-quants: llama-cpp-python compiles llama.cpp).
 RUN echo "torch==${TORCH_VERSION}" > /tmp/constraints.txt \
     && pip install --no-cache-dir --constraint /tmp/constraints.txt \
-        "$(echo /wheels/lorafuse-*.whl)[merger,quantize]" \
+        "$(echo /wheels/lorafuse-*.whl)[merger,quantize,gguf]" \
     && pip install --no-cache-dir --constraint /tmp/constraints.txt "requests>=2.32.2" \
     && pip install --no-cache-dir --no-deps "llmcompressor==${LLMCOMPRESSOR_VERSION}" \
     && LLM_COMPRESSOR_LOG_LEVEL=ERROR python -c "import llmcompressor, compressed_tensors" \

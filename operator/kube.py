@@ -32,6 +32,8 @@ APPLIED = {
 }
 # Keeps a Deployment's replicas when the operator hands them to an autoscaler.
 REPLICAS_HANDOVER = "lorafuse-replicas-handover"
+# Scales the serving Deployment to 0 when nothing is to be served (operator/download.py).
+NOT_SERVING = "lorafuse-not-serving"
 # Kinds whose served versions differ between Kubernetes releases (autoscaling/v2beta2 and
 # policy/v1beta1 are gone from newer clients): applied through the generic object calls.
 VERSIONED = ("HorizontalPodAutoscaler", "PodDisruptionBudget", "Ingress")
@@ -85,16 +87,22 @@ class Kube:
             _content_type=APPLY,
         )
 
+    def _deployment(self, namespace: str, name: str) -> Any | None:
+        """The Deployment, or None when there is none."""
+        try:
+            return self.apps.read_namespaced_deployment(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     def release_replicas(self, namespace: str, name: str) -> bool:
         """Before the operator stops applying a Deployment's replicas (an autoscaler takes
         over), a second field manager applies the current count: a field its only manager
         drops is reset to the default, 1, which would scale serving down first."""
-        try:
-            existing = self.apps.read_namespaced_deployment(name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
+        existing = self._deployment(namespace, name)
+        if existing is None:
+            return False
         if not _applies_replicas(existing.metadata.managed_fields or []):
             return False
         body = {
@@ -105,6 +113,27 @@ class Kube:
         }
         self.apps.patch_namespaced_deployment(
             name, namespace, body, field_manager=REPLICAS_HANDOVER, _content_type=APPLY
+        )
+        return True
+
+    def scale_to_zero(self, namespace: str, name: str, owner_uid: str) -> bool:
+        """Stops the pods of our serving Deployment when nothing is to be served (a GGUF
+        artifact is for download). It is not deleted: the garbage collector removes it with
+        its owner, and the operator's next apply of it takes its replicas back."""
+        existing = self._deployment(namespace, name)
+        if existing is None:
+            return False
+        refs = existing.metadata.owner_references or []
+        if not any(ref.uid == owner_uid for ref in refs) or existing.spec.replicas == 0:
+            return False
+        body = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": 0},
+        }
+        self.apps.patch_namespaced_deployment(
+            name, namespace, body, field_manager=NOT_SERVING, force=True, _content_type=APPLY
         )
         return True
 
@@ -277,6 +306,7 @@ class Kube:
         started = {
             "retry": annotations.get(naming.ANNOTATION_RETRY),
             "attempt": _int(annotations.get(naming.ANNOTATION_ATTEMPT)),
+            "sources": _fetched_sources(pod),
         }
         if status.succeeded:
             step, result = _finished_step(pod, failed=False)
@@ -317,12 +347,9 @@ class Kube:
         return None
 
     def observe_rollout(self, namespace: str, name: str) -> Rollout:
-        try:
-            deployment = self.apps.read_namespaced_deployment(name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return Rollout()
-            raise
+        deployment = self._deployment(namespace, name)
+        if deployment is None:
+            return Rollout()
         status = deployment.status
         wanted = _serving_target(deployment.spec.template.metadata.annotations)
         selector = _selector(deployment.spec.selector.match_labels or {})
@@ -427,6 +454,16 @@ def _running_step(pod: Any) -> str | None:
         if not done or done.exit_code != 0:
             return container.name
     return None
+
+
+def _fetched_sources(pod: Any) -> tuple[tuple[str, str], ...]:
+    """(hf:// source, commit) as the fetch step resolved them (its termination message)."""
+    for container in _statuses(pod):
+        done = container.state and container.state.terminated
+        if container.name == "fetch" and done and done.exit_code == 0:
+            result = parse_result(done.message)
+            return tuple((s.source, s.commit) for s in (result.sources if result else None) or [])
+    return ()
 
 
 def _finished_step(pod: Any, failed: bool) -> tuple[str | None, JobResult | None]:

@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from lorafuse.merger.pipeline.result import ArtifactResult, JobResult
+from lorafuse.operator.download import without_vllm
+from lorafuse.operator.pinning import unresolved
 from lorafuse.operator.spec import (
     HISTORY_LIMIT,
     ArtifactStatus,
@@ -17,6 +19,7 @@ from lorafuse.operator.spec import (
     ModelDeploymentStatus,
     Phase,
     ServingMode,
+    SourceCommitStatus,
     ValidationStatus,
 )
 
@@ -40,6 +43,7 @@ class JobObservation:
     finished_at: datetime | None = None
     pod_reason: str | None = None  # e.g. Evicted, NodeLost (the pod's status.reason)
     container_reason: str | None = None  # e.g. OOMKilled (the failed container's)
+    sources: tuple[tuple[str, str], ...] = ()  # (hf:// source, commit) the fetch step resolved
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,9 @@ class Decision:
     requeue_after: float | None = None  # look again then (a retry's back-off)
     problem: tuple[str, str] | None = None  # (reason, message) of a Failed phase
     healing: str | None = None  # why the current plan runs again though it was published
+    download: str | None = None  # a GGUF artifact published for download (no vLLM): where
+    fetch_job: bool = False  # adapter mode: the plan's fetch-only Job should exist
+    fetch: tuple[str, str] | None = None  # (reason, message): why serving waits on that Job
 
 
 TRANSIENT_POD_REASONS = {"Evicted", "NodeLost", "Shutdown", "Terminated", "Preempting"}
@@ -130,23 +137,37 @@ def decide(
     retries: RetryPolicy = RetryPolicy(),
     rollout: Rollout | None = None,
     now: datetime | None = None,
+    fetch: JobObservation | None = None,
 ) -> Decision:
-    """Level-based: the same inputs always give the same decision."""
+    """Level-based: the same inputs always give the same decision. A GGUF artifact is never
+    served: it is for download (operator/download.py). `fetch` is the plan's fetch-only Job
+    (adapter mode)."""
+    decision = _decide(
+        spec, status, plan_hash, job, retry_token=retry_token, retries=retries, rollout=rollout,
+        now=now, fetch=fetch,
+    )
+    return without_vllm(spec, decision)
+
+
+def _decide(
+    spec: ModelDeploymentSpec,
+    status: ModelDeploymentStatus,
+    plan_hash: str,
+    job: JobObservation | None,
+    *,
+    retry_token: str | None,
+    retries: RetryPolicy,
+    rollout: Rollout | None,
+    now: datetime | None,
+    fetch: JobObservation | None = None,
+) -> Decision:
     merge, artifact, harvested = _harvest(status, job)
     now = now or datetime.now(UTC)
     published = _published(artifact, status, plan_hash)
     base = {"merge": merge, "harvested": harvested}
 
     if spec.serving.mode == "adapter":
-        requested = Rollback("Requested", "spec.serving.mode is adapter")
-        return Decision(
-            create_job=False,
-            serve="adapter",
-            artifact=artifact,
-            phase=None,
-            rollback=requested,
-            **base,
-        )
+        return _adapter_mode(spec, status, artifact, base, fetch, retry_token)
     if spec.rollback.to:
         return _pinned(spec.rollback.to, status, artifact, base)
     if published is not None:
@@ -161,7 +182,7 @@ def decide(
                 healing=gone,
                 **base,
             )
-        healing = "re-publishing the artifact" if job and job.state == "Running" else None
+        healing = _republishing(published, job, rollout)
         return Decision(
             create_job=False,
             serve="merged",
@@ -186,6 +207,51 @@ def decide(
         return _failed(spec, status, artifact, merge, base)
     # No result yet for this plan: merge (again), and keep serving whatever serves now.
     return _merging(status, artifact, base, attempt=merge.attempt if _same(merge, plan_hash) else 0)
+
+
+def _adapter_mode(
+    spec: ModelDeploymentSpec,
+    status: ModelDeploymentStatus,
+    artifact: ArtifactStatus | None,
+    base: dict[str, Any],
+    fetch: JobObservation | None,
+    retry_token: str | None,
+) -> Decision:
+    """spec.serving.mode adapter: base + adapters at the commits their hf:// revisions
+    resolved to. Without them the plan's fetch-only Job runs first, and nothing new is
+    served until it resolved them (a failed fetch is reported, never served around)."""
+    if fetch is not None and fetch.sources:
+        resolved = [SourceCommitStatus(source=s, commit=c) for s, c in fetch.sources]
+        base = {**base, "harvested": {**base["harvested"], "resolved_sources": resolved}}
+    missing = unresolved(spec, base["harvested"].get("resolved_sources", status.resolved_sources))
+    if not missing:
+        requested = Rollback("Requested", "spec.serving.mode is adapter")
+        return Decision(
+            create_job=False, serve="adapter", artifact=artifact, phase=None, rollback=requested,
+            **base,
+        )
+    wait = {"create_job": False, "serve": None, "artifact": artifact, "fetch_job": True, **base}
+    sources = ", ".join(missing)
+    if fetch is None or fetch.state == "Running":
+        job = f"job {fetch.name}" if fetch else "a fetch job"
+        why = ("Fetching", f"{job} resolves {sources} to commits")
+        return Decision(phase="Pending", fetch=why, **wait)
+    result = fetch.result
+    if fetch.state == "Failed":
+        if fetch.retry != retry_token:  # lorafuse.dev/retry changed: run it again
+            again = f"job {fetch.name}: lorafuse.dev/retry changed; running it again"
+            return Decision(phase="Pending", fetch=("Fetching", again), rerun_job=True, **wait)
+        detail = (result.message if result else None) or fetch.message or "no message"
+        reason = fetch.container_reason or fetch.pod_reason or (result.reason if result else None)
+        message = f"job {fetch.name} failed: {reason or fetch.reason or 'Error'}: {detail}"
+        return Decision(phase="Failed", fetch=("FetchFailed", _short(message) or ""), **wait)
+    if result is None:  # succeeded, but its pod and result are gone: fetch again (no download)
+        return Decision(
+            phase="Pending", fetch=("Fetching", f"job {fetch.name} left no result"),
+            rerun_job=True, **wait,
+        )
+    message = f"job {fetch.name} resolved no commit for {sources}"
+    return Decision(phase="Failed", fetch=("FetchFailed", message), **wait)
 
 
 def _same(merge: MergeStatus | None, plan_hash: str) -> bool:
@@ -216,6 +282,17 @@ def _artifact_gone(
         return None
     detail = rollout.verify_message if rollout else None
     return f"{artifact.name} failed its check in a serving pod: {detail or 'missing'}"
+
+
+def _republishing(
+    artifact: ArtifactStatus, job: JobObservation | None, rollout: Rollout | None
+) -> str | None:
+    """Why the plan's Job runs again though its artifact was published (None: it does not)."""
+    if job is None or job.state != "Running":
+        return None
+    failed = rollout.verify_message if rollout and rollout.verify_failed_at else None
+    why = f" after it failed its check in a serving pod: {failed}" if failed else ""
+    return f"re-publishing {artifact.name}{why}"
 
 
 def _merging(
@@ -396,6 +473,10 @@ def _harvest(
         finished_at=_stamp(job.finished_at) if job.finished_at else None,
     )
     harvested: dict[str, Any] = {}
+    if job.sources:
+        harvested["resolved_sources"] = [
+            SourceCommitStatus(source=source, commit=commit) for source, commit in job.sources
+        ]
     if result.validation:
         harvested["validation"] = ValidationStatus.model_validate(result.validation.model_dump())
     artifact = status.artifact
@@ -467,6 +548,13 @@ def conditions(
 
 
 def _ready(decision: Decision, rollout: Rollout) -> tuple[str, str, str, str]:
+    if decision.download:
+        return "Ready", "True", "ForDownload", decision.download
+    if decision.serve is None and decision.fetch:
+        reason, message = decision.fetch
+        if rollout.ready:  # the Deployment is left as it was meanwhile
+            message += f"; {rollout.ready} pod(s) of the previous spec still serve"
+        return "Ready", "False", reason, message
     if decision.serve is None:
         return "Ready", "False", "NotDeployed", "nothing to serve yet"
     if rollout.complete and rollout.serving_ready > 0:
@@ -479,7 +567,7 @@ def _ready(decision: Decision, rollout: Rollout) -> tuple[str, str, str, str]:
 
 def _merged(decision: Decision) -> tuple[str, str, str, str]:
     merge = decision.merge
-    if decision.healing and decision.create_job:
+    if decision.healing:  # until the Job that makes the artifact again has published it
         return "Merged", "False", "ArtifactMissing", decision.healing
     if decision.current_artifact and decision.artifact:
         return "Merged", "True", "Published", decision.artifact.name

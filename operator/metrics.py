@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from lorafuse.operator.spec import Phase, ServingMode
 
-PHASES: tuple[Phase, ...] = (
-    "Pending",
-    "Merging",
-    "Validating",
-    "Deploying",
-    "Serving",
-    "RolledBack",
-    "Failed",
-)
+PHASES: tuple[Phase, ...] = get_args(Phase)
 MODES: tuple[ServingMode, ...] = ("merged", "adapter")
 
 
@@ -72,6 +65,19 @@ class Metrics:
             registry=r,
         )
 
+        self.reclaimed_bytes = Counter(
+            "lorafuse_artifact_reclaimed_bytes",
+            "File bytes that prune Jobs freed on a ModelDeployment's model volume",
+            ["namespace", "name"],
+            registry=r,
+        )
+        self.artifacts_pruned = Counter(
+            "lorafuse_artifacts_pruned",
+            "Superseded artifacts prune Jobs removed (spec.storage.keepArtifacts)",
+            ["namespace", "name"],
+            registry=r,
+        )
+
     def set_phase(self, namespace: str, name: str, phase: Phase) -> None:
         for each in PHASES:
             self.phase.labels(namespace, name, each).set(1 if each == phase else 0)
@@ -88,9 +94,11 @@ class Metrics:
             self._remove(self.serving_mode, namespace, name, each)
         self._remove(self.artifact_bytes, namespace, name)
         self._remove(self.artifact_published, namespace, name)
+        self._remove(self.reclaimed_bytes, namespace, name)
+        self._remove(self.artifacts_pruned, namespace, name)
 
     @staticmethod
-    def _remove(gauge: Gauge, *labels: str) -> None:
+    def _remove(gauge: Gauge | Counter, *labels: str) -> None:
         with contextlib.suppress(KeyError):
             gauge.remove(*labels)
 

@@ -64,6 +64,11 @@ def job_name(owner: str, plan_hash: str) -> str:
     return fit(owner, f"-merge-{plan_hash[:10]}")
 
 
+def fetch_job_name(owner: str, plan_hash: str) -> str:
+    """Adapter mode's Job that runs only the plan's fetch step (hf:// sources to commits)."""
+    return fit(owner, f"-fetch-{plan_hash[:10]}")
+
+
 def plan_config_map_name(owner: str, plan_hash: str) -> str:
     return fit(owner, f"-plan-{plan_hash[:10]}")
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
+from lorafuse.merger.engine.choices import GGUF_K_QUANTS
 from lorafuse.operator import naming
 from lorafuse.operator.spec import ModelDeploymentSpec, PodTemplateSpec
 
@@ -74,6 +75,12 @@ class Policy:
     allowed_secrets: tuple[str, ...] = ()  # name patterns; none by default
     forbidden_vllm_args: tuple[str, ...] = OPERATOR_OWNED_VLLM_ARGS
     merger_image: str = naming.DEFAULT_MERGER_IMAGE  # what spec.job.image defaults to
+    # gguf-q4_k_m / gguf-q5_k_m need llama.cpp's quantizer (llama-cpp-python), which the
+    # merger image does not have; allow them only for an image that does.
+    gguf_k_quants: bool = False
+    # ServiceAccount name patterns podTemplate.serviceAccountName may name: pods run with
+    # that account's token, so by default only the namespace's `default` (what they get unset).
+    allowed_service_accounts: tuple[str, ...] = ("default",)
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,14 @@ def violations(spec: ModelDeploymentSpec, policy: Policy) -> list[Violation]:
         )
     _check_pod_template(found, "spec.serving.podTemplate", spec.serving.pod_template, policy)
     _check_pod_template(found, "spec.job.podTemplate", spec.job.pod_template, policy)
+    method = spec.quantization.method
+    if method in GGUF_K_QUANTS and not policy.gguf_k_quants:
+        found.add(
+            "spec.quantization.method",
+            f"{method} needs llama.cpp's quantizer (llama-cpp-python), which the merger image "
+            "does not have; use gguf-q8_0 or gguf-q4_0, or an image with it and the chart's "
+            "policy.ggufKQuants: true",
+        )
     for index, arg in enumerate(spec.serving.extra_args):
         if owned := _owned_arg(arg, policy):
             found.add(f"spec.serving.extraArgs[{index}]", f"{owned} is set by the operator")
@@ -153,6 +168,16 @@ def _check_pod_template(
         for key in keys:
             if any(fnmatchcase(key, owned) for owned in OPERATOR_OWNED_KEYS):
                 found.add(f"{where}.{section}[{key}]", "is set by the operator")
+    account = template.service_account_name
+    if account is not None and not any(
+        fnmatchcase(account, pattern) for pattern in policy.allowed_service_accounts
+    ):
+        allowed = ", ".join(policy.allowed_service_accounts) or "none"
+        found.add(
+            f"{where}.serviceAccountName",
+            f"ServiceAccount {account!r} is not in the operator's allowed ServiceAccounts "
+            f"(allowed: {allowed})",
+        )
     for index, secret in enumerate(template.image_pull_secrets):
         if not _allowed_secret(secret.name, policy):
             found.add(

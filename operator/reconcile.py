@@ -14,13 +14,16 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from lorafuse.errors import UserError, first_error
+from lorafuse.merger.pipeline.plan import MergePlan
 from lorafuse.operator import naming
+from lorafuse.operator.adapter_sync import pod_lister, sync_adapters
 from lorafuse.operator.children.common import Images, Owner, ServedApis
 from lorafuse.operator.children.desired import desired_objects, unwanted_children
 from lorafuse.operator.children.service import endpoint
 from lorafuse.operator.kube import Kube
 from lorafuse.operator.lifecycle import (
     Decision,
+    JobObservation,
     RetryPolicy,
     Rollout,
     conditions,
@@ -31,7 +34,9 @@ from lorafuse.operator.lifecycle import (
 )
 from lorafuse.operator.merge_plan import plan_for, plan_hash
 from lorafuse.operator.metrics import Metrics
+from lorafuse.operator.pinning import pin_sources
 from lorafuse.operator.policy import Policy, violations
+from lorafuse.operator.pruning import count_pruned, retain
 from lorafuse.operator.serving_target import ServingTarget, model_names
 from lorafuse.operator.sizing import Sizing, size_serving
 from lorafuse.operator.spec import (
@@ -97,10 +102,84 @@ class Reconciler:
         current_plan = plan_hash(plan)
         retry_token = (body["metadata"].get("annotations") or {}).get(naming.ANNOTATION_RETRY)
 
+        decision, job, fetch = self._decide(owner, spec, old, current_plan, retry_token)
+        deployment_name = naming.deployment_name(owner.name)
+        sizing, unfit = _size(spec, decision, old)
+        target = _serving_target(decision, sizing) if sizing else None
+        start_job = decision.create_job and job is None
+        start_fetch = decision.fetch_job and fetch is None
+        apis = self.kube.served_apis()
+        # Serving pods fetch hf:// sources at the commits the fetch step resolved them to.
+        resolved = decision.harvested.get("resolved_sources", old.resolved_sources)
+        pinned = pin_sources(spec, resolved)
+        desired = desired_objects(
+            owner,
+            pinned,
+            plan,
+            self.images,
+            merge=start_job,
+            serving=target,
+            apis=apis,
+            fetch=start_fetch,
+        )
+        if start_job or start_fetch:
+            _mark_job(desired, retry_token, decision.attempt)
+        if conflict := self._conflict(owner, desired):
+            return self._fail(owner, old, generation, "NameConflict", conflict, emit), None
+        if spec.serving.autoscaling is not None and target is not None:
+            self.kube.release_replicas(owner.namespace, deployment_name)
+        refused = self._apply_all(desired)
+        self._remove_unwanted(owner, spec, apis, serving=decision.download is None)
+        if decision.download and owner.uid:  # for download: no vLLM pods (switched from serving)
+            self.kube.scale_to_zero(owner.namespace, deployment_name, owner.uid)
+        job_applied = not any(o["kind"] == "Job" for o, _ in refused)
+        decision, merge_rerun = self._drive_merge(
+            owner, plan, current_plan, job, decision, retry_token, start_job and job_applied, emit
+        )
+        fetch_rerun = self._drive_fetch(
+            owner, current_plan, fetch, decision, start_fetch and job_applied, emit
+        )
+        requeue_after = 1.0 if merge_rerun or fetch_rerun else decision.requeue_after
+        self.kube.delete_stale_merges(owner.namespace, owner.name, current_plan)
+        if unfit is not None:
+            return self._fail(owner, old, generation, "ServingDoesNotFit", unfit, emit), None
+        rollout = self.kube.observe_rollout(owner.namespace, deployment_name)
+
+        new = self._status(owner, spec, old, decision, sizing, rollout, generation)
+        # Adapter mode: each ready pod loads and unloads adapters in place (no rollout).
+        synced = sync_adapters(pod_lister(self.kube.core), owner, pinned, target, old.serving)
+        new = new.model_copy(update={"serving": synced.into(new.serving)})
+        if synced.retry_after is not None:
+            requeue_after = min(requeue_after or synced.retry_after, synced.retry_after)
+        new = retain(self.kube, self.images, owner, spec, plan.artifact_name(), old, new, emit)
+        if refused:
+            new = _with_apply_failure(new, old, refused, generation)
+        self._record(owner, old, new, decision, emit)
+        count_pruned(self.metrics, owner, old, new, emit)
+        self.metrics.set_serving_mode(owner.namespace, owner.name, new.serving_mode)
+        if refused:
+            message = _ready_message(new)
+            emit("Warning", "ApplyFailed", message)
+            raise ChildrenNotApplied(message)
+        return new.phase, requeue_after
+
+    def _decide(
+        self,
+        owner: Owner,
+        spec: ModelDeploymentSpec,
+        old: ModelDeploymentStatus,
+        current_plan: str,
+        retry_token: str | None,
+    ) -> tuple[Decision, JobObservation | None, JobObservation | None]:
+        """What to do, from the plan's Jobs and the serving rollout as they are now."""
         job_name = naming.job_name(owner.name, current_plan)
         job = self.kube.observe_job(owner.namespace, job_name, current_plan)
-        deployment_name = naming.deployment_name(owner.name)
-        seen = self.kube.observe_rollout(owner.namespace, deployment_name)
+        # Adapter mode resolves hf:// sources to commits with a Job of the fetch step alone.
+        fetch = None
+        if spec.serving.mode == "adapter":
+            fetch_name = naming.fetch_job_name(owner.name, current_plan)
+            fetch = self.kube.observe_job(owner.namespace, fetch_name, current_plan)
+        seen = self.kube.observe_rollout(owner.namespace, naming.deployment_name(owner.name))
         decision = decide(
             spec,
             old,
@@ -109,60 +188,64 @@ class Reconciler:
             retry_token=retry_token,
             retries=self.retries,
             rollout=seen,
+            fetch=fetch,
         )
-        sizing, unfit = _size(spec, decision, old)
-        target = _serving_target(decision, sizing) if sizing else None
-        start_job = decision.create_job and job is None
-        apis = self.kube.served_apis()
-        desired = desired_objects(
-            owner, spec, plan, self.images, merge=start_job, serving=target, apis=apis
-        )
-        if start_job:
-            _mark_job(desired, retry_token, decision.attempt)
-        if conflict := self._conflict(owner, desired):
-            return self._fail(owner, old, generation, "NameConflict", conflict, emit), None
-        if spec.serving.autoscaling is not None and target is not None:
-            self.kube.release_replicas(owner.namespace, deployment_name)
-        refused = self._apply_all(desired)
-        self._remove_unwanted(owner, spec, apis)
-        requeue_after = decision.requeue_after
-        if start_job and not any(o["kind"] == "Job" for o, _ in refused):
+        return decision, job, fetch
+
+    def _drive_merge(
+        self,
+        owner: Owner,
+        plan: MergePlan,
+        current_plan: str,
+        job: JobObservation | None,
+        decision: Decision,
+        retry_token: str | None,
+        started: bool,
+        emit: EmitEvent,
+    ) -> tuple[Decision, bool]:
+        """Announce a merge Job just created, or delete one so that it runs again; True when
+        it was deleted (its deletion kicks the reconcile that starts it)."""
+        job_name = naming.job_name(owner.name, current_plan)
+        if started:
             emit("Normal", "MergeStarted", f"job {job_name} for artifact {plan.artifact_name()}")
-            started = MergeStatus(
+            running = MergeStatus(
                 job=job_name,
                 plan_hash=current_plan,
                 state="Running",
                 retry=retry_token,
                 attempt=decision.attempt,
             )
-            decision = replace(decision, merge=started)
-        elif (
-            decision.create_job
-            and job is not None
-            and (decision.rerun_job or job.state == "Succeeded")
-        ):
-            # A retry, a healing, or a result lost with its pod: the Job goes, and the next
-            # reconcile (its deletion kicks one) starts it again; the steps find their
-            # outputs on the volume and only report them.
-            self.kube.delete_job(owner.namespace, job_name)
-            why = decision.healing or ("retry" if decision.rerun_job else "left no result")
-            emit("Warning", "MergeRerun", f"job {job_name}: {why}; running it again")
-            requeue_after = 1.0
-        self.kube.delete_stale_merges(owner.namespace, owner.name, current_plan)
-        if unfit is not None:
-            return self._fail(owner, old, generation, "ServingDoesNotFit", unfit, emit), None
-        rollout = self.kube.observe_rollout(owner.namespace, deployment_name)
+            return replace(decision, merge=running), False
+        if not decision.create_job or job is None:
+            return decision, False
+        if not (decision.rerun_job or job.state == "Succeeded"):
+            return decision, False
+        # A retry, a healing, or a result lost with its pod: the steps of the next run find
+        # their outputs on the volume and only report them.
+        self.kube.delete_job(owner.namespace, job_name)
+        why = decision.healing or ("retry" if decision.rerun_job else "left no result")
+        emit("Warning", "MergeRerun", f"job {job_name}: {why}; running it again")
+        return decision, True
 
-        new = self._status(owner, spec, old, decision, sizing, rollout, generation)
-        if refused:
-            new = _with_apply_failure(new, old, refused, generation)
-        self._record(owner, old, new, decision, emit)
-        self.metrics.set_serving_mode(owner.namespace, owner.name, new.serving_mode)
-        if refused:
-            message = _ready_message(new)
-            emit("Warning", "ApplyFailed", message)
-            raise ChildrenNotApplied(message)
-        return new.phase, requeue_after
+    def _drive_fetch(
+        self,
+        owner: Owner,
+        current_plan: str,
+        fetch: JobObservation | None,
+        decision: Decision,
+        started: bool,
+        emit: EmitEvent,
+    ) -> bool:
+        """The same for adapter mode's fetch Job, which resolves hf:// sources to commits."""
+        fetch_name = naming.fetch_job_name(owner.name, current_plan)
+        if started:
+            emit("Normal", "FetchStarted", f"job {fetch_name} resolves hf:// sources to commits")
+            return False
+        if decision.fetch_job and fetch is not None and decision.rerun_job:
+            self.kube.delete_job(owner.namespace, fetch_name)
+            emit("Warning", "FetchRerun", f"job {fetch_name}: running it again")
+            return True
+        return False
 
     def _conflict(self, owner: Owner, desired: list[dict[str, Any]]) -> str | None:
         """An object the resource would own exists and is not its own: no takeover."""
@@ -180,11 +263,14 @@ class Reconciler:
                 return reason
         return None
 
-    def _remove_unwanted(self, owner: Owner, spec: ModelDeploymentSpec, apis: ServedApis) -> None:
-        """Optional children (autoscaler, disruption budget, ...) the spec turned off."""
+    def _remove_unwanted(
+        self, owner: Owner, spec: ModelDeploymentSpec, apis: ServedApis, *, serving: bool
+    ) -> None:
+        """Optional children (autoscaler, disruption budget, ...) the spec turned off; all of
+        them when nothing is served (a GGUF artifact for download)."""
         if not owner.uid:
             return
-        for kind, api_version, name in unwanted_children(owner, spec, apis):
+        for kind, api_version, name in unwanted_children(owner, spec, apis, serving=serving):
             self.kube.delete_if_ours(kind, owner.namespace, name, owner.uid, api_version)
 
     def _apply_all(self, desired: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
@@ -236,6 +322,7 @@ class Reconciler:
             provenance=harvested.get("provenance", old.provenance),
             validation=validation,
             model_shape=harvested.get("model_shape", old.model_shape),
+            resolved_sources=harvested.get("resolved_sources", old.resolved_sources),
             merge=decision.merge,
             serving=serving,
             history=history,
@@ -310,7 +397,8 @@ class Reconciler:
         if merge.state == "Succeeded" and new.artifact:
             emit("Normal", "ArtifactPublished", f"{new.artifact.name} {new.artifact.digest}")
         else:
-            emit("Warning", "MergeFailed", f"{merge.step}: {merge.reason}: {merge.message}")
+            step = merge.step or "job"  # a Job past its deadline has no step that failed
+            emit("Warning", "MergeFailed", f"{step}: {merge.reason}: {merge.message}")
 
 
 def _published_at(status: ModelDeploymentStatus) -> float | None:
@@ -439,9 +527,16 @@ def time_now() -> str:
 
 def _phase_message(status: ModelDeploymentStatus, decision: Decision) -> str:
     if status.phase == "RolledBack" and decision.rollback:
-        return f"serving base + adapters: {decision.rollback.reason}: {decision.rollback.message}"
+        rollback = decision.rollback
+        if status.serving_mode == "merged":  # the message names the artifact it went back to
+            return f"{rollback.reason}: {rollback.message}"
+        return f"serving base + adapters: {rollback.reason}: {rollback.message}"
     if status.phase in ("Merging", "Validating") and status.merge:
         return f"job {status.merge.job}"
+    if decision.fetch and status.serving is None:
+        return f"{decision.fetch[0]}: {decision.fetch[1]}"
+    if status.phase == "Published" and decision.download:
+        return decision.download
     if status.serving:
         return f"{status.serving.mode}: {status.serving.ready_replicas} ready"
     return status.phase

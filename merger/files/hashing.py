@@ -1,4 +1,4 @@
-"""sha256 of a merge's input files in a helper process, started before the merge needs them."""
+"""sha256 of a merge's input files: adapters in a helper process, base shards as they stream."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from lorafuse.errors import UserError
@@ -43,13 +44,17 @@ def _identity(path: Path) -> tuple[int, int, int, int] | None:
 
 
 class FileHasher:
-    """Hashes files in the given order in a helper process. `digest(path)` waits for that
-    file's hash and checks that the file was not changed since hashing began (the merge
-    reads it separately); files not in the list are hashed on the spot."""
+    """Hashes `paths` in order in a helper process; `streamed` files are hashed by the merge
+    while it reads them (ReadAhead reports to `opened` and `hashed`), so that a large base is
+    read once. `digest(path)` waits for a helper's hash, or returns the streamed one, and
+    checks that the file was not changed since hashing began; files hashed neither way are
+    hashed on the spot."""
 
-    def __init__(self, paths: list[Path]) -> None:
+    def __init__(self, paths: Sequence[Path], streamed: Sequence[Path] = ()) -> None:
         self._order = [Path(p).absolute() for p in paths]
         self._identities = {p: _identity(p) for p in self._order}
+        self._streamed = {Path(p).absolute() for p in streamed} - set(self._order)
+        self._identities.update({p: _identity(p) for p in self._streamed})
         self._results: dict[Path, str] = {}
         self._done = threading.Condition()
         self._finished = False
@@ -77,11 +82,35 @@ class FileHasher:
                 self._finished = True
                 self._done.notify_all()
 
+    def opened(self, path: Path) -> None:
+        """A stream starts reading `path`: changes are checked from now if not from earlier."""
+        path = Path(path).absolute()
+        with self._done:
+            if path not in self._identities:
+                self._identities[path] = _identity(path)
+                self._streamed.add(path)
+
+    def hashed(self, path: Path, hexdigest: str) -> None:
+        """The sha256 of every byte of `path`, taken by the stream that read it."""
+        path = Path(path).absolute()
+        if _identity(path) != self._identities.get(path):
+            raise UserError(f"{path}: changed while the merge was reading it; run it again")
+        with self._done:
+            self._results[path] = "ok " + hexdigest
+            self._done.notify_all()
+
     def digest(self, path: Path) -> str:
         """The file's sha256 (hex)."""
         path = Path(path).absolute()
         if path not in self._identities:
             return sha256_file(path)
+        if path in self._streamed:
+            with self._done:
+                result = self._results.get(path)
+            hexdigest = result[3:] if result else sha256_file(path)  # not streamed: now
+            if _identity(path) != self._identities[path]:
+                raise UserError(f"{path}: changed while the merge was reading it; run it again")
+            return hexdigest
         with self._done:
             self._done.wait_for(lambda: path in self._results or self._finished)
             result = self._results.get(path)
@@ -107,10 +136,9 @@ class FileHasher:
             self._process.stdout.close()
 
 
-
-def merge_inputs(base: Path, adapters: list[Path]) -> list[Path]:
-    """The large files a merge reads, in the order it needs their hashes: adapter weights
-    (checked up front), then the base shards (in file-name order, as they are streamed)."""
+def merge_inputs(base: Path, adapters: list[Path]) -> tuple[list[Path], list[Path]]:
+    """The large files a merge reads: the adapter weights, hashed by the helper at once (their
+    hashes are checked up front, and the merge reads them in no fixed order), and the base
+    shards, hashed while the merge streams them: `FileHasher(*merge_inputs(...))`."""
     files = [Path(a) / "adapter_model.safetensors" for a in adapters]
-    files = [f for f in files if f.is_file()]
-    return files + sorted(Path(base).glob("*.safetensors"))
+    return [f for f in files if f.is_file()], sorted(Path(base).glob("*.safetensors"))

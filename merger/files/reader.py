@@ -1,20 +1,14 @@
-"""Safetensors files read into torch: tensors streamed front to back, or loaded when needed."""
+"""Safetensors tensors read into torch: decoded from streamed bytes, or loaded when needed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from lorafuse.errors import UserError
-from lorafuse.merger.files.background import OrderedIO
 from lorafuse.merger.files.header import SafetensorsHeader, TensorEntry
-
-if TYPE_CHECKING:
-    from lorafuse.merger.files.writer import ShardWriter
 
 # safetensors dtype names <-> torch dtypes for the types a merge may decode.
 DTYPES: dict[str, torch.dtype] = {
@@ -30,7 +24,6 @@ DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
 }
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
-CHUNK_BYTES = 4 * 1024 * 1024
 
 
 def read_full(handle, view: memoryview, ended_early: str) -> int:
@@ -42,73 +35,6 @@ def read_full(handle, view: memoryview, ended_early: str) -> int:
             raise UserError(ended_early)
         done += got
     return done
-
-
-class ShardReader:
-    """Reads one safetensors file front to back (its sha256 is taken by a FileHasher).
-
-    Writes of raw-copied bytes run on OrderedIO's writer thread while this thread reads on;
-    a buffer is refilled only when its queued writes are done."""
-
-    def __init__(self, header: SafetensorsHeader, io: OrderedIO):
-        self.header = header
-        self._io = io
-        self._handle = header.path.open("rb", buffering=0)
-        self._handle.seek(header.data_start)
-        self._position = header.data_start
-        size = min(CHUNK_BYTES, max(header.file_size, 1))
-        self._chunk_buffers = (bytearray(size), bytearray(size))
-        self._turn = 0
-
-    def _chunks(self, count: int) -> Iterator[tuple[bytearray, memoryview]]:
-        """The next `count` bytes in chunks, alternating between two buffers."""
-        while count > 0:
-            buffer = self._chunk_buffers[self._turn % 2]
-            self._turn += 1
-            self._io.wait(buffer)
-            view = memoryview(buffer)[: min(len(buffer), count)]
-            count -= self._read_into(view)
-            yield buffer, view
-
-    def _read_into(self, view: memoryview) -> int:
-        done = read_full(self._handle, view, f"{self.header.path}: file ended early "
-                         "(truncated while reading)")
-        self._position += done
-        return done
-
-    def _seek_to(self, entry: TensorEntry) -> None:
-        target = self.header.data_start + entry.begin
-        if target != self._position:
-            raise RuntimeError(f"tensors must be read in file order ({entry.name})")
-
-    def copy_to(self, entry: TensorEntry, sink: ShardWriter) -> None:
-        """Stream one tensor's bytes into `sink` without decoding them."""
-        self._seek_to(entry)
-        for buffer, chunk in self._chunks(entry.nbytes):
-            sink.write(chunk, fence=buffer)
-
-    def read(self, entry: TensorEntry, buffer: bytearray) -> memoryview:
-        """One tensor's bytes in `buffer` (large enough), for decoding; valid until `buffer`
-        is passed to this reader again."""
-        self._seek_to(entry)
-        self._io.wait(buffer)
-        view = memoryview(buffer)[: entry.nbytes]
-        self._read_into(view)
-        return view
-
-    def read_part(self, entry: TensorEntry, start: int, stop: int,
-                  buffer: bytearray) -> memoryview:
-        """Bytes start..stop of one tensor (read in order, part after part) in `buffer`."""
-        target = self.header.data_start + entry.begin + start
-        if target != self._position or stop > entry.nbytes:
-            raise RuntimeError(f"tensors must be read in file order ({entry.name})")
-        self._io.wait(buffer)
-        view = memoryview(buffer)[: stop - start]
-        self._read_into(view)
-        return view
-
-    def close(self) -> None:
-        self._handle.close()
 
 
 @dataclass(eq=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,8 +12,8 @@ import torch
 
 from lorafuse.merger.files.background import OrderedIO
 from lorafuse.merger.files.direct import OutputFile
-from lorafuse.merger.files.header import ITEM_BYTES, TensorEntry
-from lorafuse.merger.files.reader import DTYPE_NAMES, ShardReader
+from lorafuse.merger.files.header import ITEM_BYTES
+from lorafuse.merger.files.reader import DTYPE_NAMES
 
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
@@ -90,8 +91,12 @@ class ShardWriter:
         self._current_left = 0
         self.write(encode_header(tensors))
 
-    def write(self, data, fence: object | None = None) -> None:
+    def write(self, data, fence: object | None = None,
+              then: Callable[[], None] | None = None) -> None:
+        """Queue `data` for writing; `then` runs on the writer thread once it is written."""
         self._io.submit(self._file.write, data, fence=fence)
+        if then is not None:
+            self._io.submit(then)
         self.bytes_written += len(data)
 
     def begin(self, name: str) -> OutputTensor:
@@ -118,19 +123,15 @@ class ShardWriter:
                 or tensor.shape[1:] != expected.shape[1:]):
             raise RuntimeError(f"{expected.name}: expected {expected.dtype}{list(expected.shape)}, "
                                f"got rows {tensor.dtype}{list(tensor.shape)}")
-        data = tensor_bytes(tensor)
-        if len(data) > self._current_left:
-            raise RuntimeError(f"{expected.name}: more rows than its header says")
-        self.write(data, fence=fence)
-        self._current_left -= len(data)
+        self.write_raw(tensor_bytes(tensor), fence=fence)
 
-    def copy_from(self, name: str, reader: ShardReader, entry: TensorEntry) -> None:
-        expected = self.begin(name)
-        if expected.nbytes != entry.nbytes:
-            raise RuntimeError(f"{name}: expected {expected.nbytes} bytes, "
-                               f"source has {entry.nbytes}")
-        reader.copy_to(entry, self)
-        self._current_left = 0
+    def write_raw(self, data: memoryview, fence: object | None = None,
+                  then: Callable[[], None] | None = None) -> None:
+        """The next bytes of the tensor begun with `begin`, as they are (a copied tensor)."""
+        if len(data) > self._current_left:
+            raise RuntimeError(f"{self._current.name}: more bytes than its header says")
+        self.write(data, fence=fence, then=then)
+        self._current_left -= len(data)
 
     @property
     def full(self) -> bool:

@@ -13,6 +13,7 @@ import numpy as np
 from lorafuse import __version__
 from lorafuse.errors import UserError
 from lorafuse.fsync import fsync_path
+from lorafuse.merger.engine.choices import GGUF_FILE
 from lorafuse.merger.engine.provenance import (
     PROVENANCE_NAME,
     read_provenance,
@@ -30,7 +31,7 @@ from lorafuse.merger.gguf.vocabulary import add_vocabulary
 
 log = logging.getLogger(__name__)
 
-GGUF_NAME = "model.gguf"
+GGUF_NAME = GGUF_FILE
 PROVENANCE_KEY = "lorafuse.provenance_sha256"  # sha256 of the merge's lorafuse.json
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lorafuse.errors import UserError
-
-PREFIX = "gguf-"
+from lorafuse.merger.engine.choices import GGUF_METHODS
 
 
 @dataclass(frozen=True)
@@ -32,8 +31,10 @@ METHODS: dict[str, GgufMethod] = {
 }
 
 
-def is_gguf(method: str) -> bool:
-    return method.startswith(PREFIX)
+# choices.GGUF_METHODS is the one list of names (the CRD's and the plan's); this says how
+# each is written, and must name each once.
+if tuple(METHODS) != GGUF_METHODS:
+    raise AssertionError(f"GGUF methods {tuple(METHODS)} differ from choices {GGUF_METHODS}")
 
 
 def gguf_method(method: str) -> GgufMethod:

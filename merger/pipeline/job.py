@@ -8,7 +8,8 @@ step killed half-way leaves nothing that a later step could mistake for its inpu
     WORKDIR/plan.json         the plan this work directory belongs to
     WORKDIR/sources.json      fetch: where each source resolved to (and its commit)
     WORKDIR/merged/           merge: the merged checkpoint with lorafuse.json
-    WORKDIR/quantized/        quantize: the compressed-tensors checkpoint (if asked for)
+    WORKDIR/quantized/        quantize: the compressed-tensors checkpoint, or for gguf-*
+                              model.gguf + Modelfile + lorafuse.json (if asked for)
     WORKDIR/validation.json   validate: the full report (passed or not)
     WORKDIR/result.json       publish: the Job result
     ARTIFACT_ROOT/NAME/       publish: the artifact, renamed into place complete
@@ -29,12 +30,13 @@ from lorafuse.errors import UserError, ValidationFailed, first_error
 from lorafuse.jsonfile import read_json, write_json
 from lorafuse.merger.files.digest import scan_artifact, verify_artifact
 from lorafuse.merger.pipeline.completion import adoption_conflict, completed, write_record
-from lorafuse.merger.pipeline.plan import MergePlan
+from lorafuse.merger.pipeline.plan import MergePlan, is_gguf
 from lorafuse.merger.pipeline.result import (
     AdapterDigest,
     ArtifactResult,
     JobResult,
     ProvenanceSummary,
+    SourceCommit,
     ValidationSummary,
 )
 from lorafuse.merger.pipeline.steps import STEPS
@@ -120,8 +122,10 @@ def fetch(plan: MergePlan, work: Workdir) -> JobResult:
     from lorafuse.merger.pipeline.sources import resolve_source
 
     if work.sources.is_file():
-        _check_sources(read_json(work.sources))
-        return _ok("fetch", f"sources already resolved in {work.sources}")
+        resolved = read_json(work.sources)
+        _check_sources(resolved)
+        found = _ok("fetch", f"sources already resolved in {work.sources}")
+        return _with_commits(found, resolved)
     _check_inputs(plan)
     base = resolve_source(plan.base)
     adapters = [{"name": a.name, **resolve_source(a.source).to_dict()} for a in plan.adapters]
@@ -130,8 +134,18 @@ def fetch(plan: MergePlan, work: Workdir) -> JobResult:
             raise UserError(f"{adapter['source']}: not a PEFT adapter (no adapter_config.json)")
     if not (Path(base.path) / "config.json").is_file():
         raise UserError(f"{plan.base}: not a model directory (no config.json)")
-    write_json(work.sources, {"base": base.to_dict(), "adapters": adapters})
-    return _ok("fetch", f"resolved {1 + len(adapters)} sources")
+    resolved = {"base": base.to_dict(), "adapters": adapters}
+    write_json(work.sources, resolved)
+    return _with_commits(_ok("fetch", f"resolved {1 + len(adapters)} sources"), resolved)
+
+
+def _with_commits(result: JobResult, resolved: dict) -> JobResult:
+    """The fetch result with each hf:// source's commit (the operator pins adapter serving)."""
+    sources = [resolved["base"], *resolved["adapters"]]
+    commits = [
+        SourceCommit(source=s["source"], commit=s["commit"]) for s in sources if s.get("commit")
+    ]
+    return result.model_copy(update={"sources": commits or None}).fitted()
 
 
 def _check_inputs(plan: MergePlan) -> None:
@@ -145,6 +159,10 @@ def _check_inputs(plan: MergePlan) -> None:
             text_field(path, number, record, ("prompt",))
             text_field(path, number, record, ("expected",))
     quant = plan.quantization
+    if is_gguf(quant.method):
+        from lorafuse.merger.pipeline.gguf_step import check_gguf_export
+
+        check_gguf_export(quant.method)
     if quant.method in ("awq", "gptq"):
         if not quant.calibration:
             raise UserError(f"quantization.calibration: required for {quant.method}")
@@ -218,6 +236,12 @@ def quantize(plan: MergePlan, work: Workdir) -> JobResult:
         raise UserError(f"{work.root}: the merge step has not run")
     if work.quantized.exists():  # no record: a crash before the record, never a finished step
         shutil.rmtree(work.quantized)
+    if is_gguf(quant.method):
+        from lorafuse.merger.pipeline.gguf_step import export
+
+        export(work.merged, work.quantized, quant.method)
+        write_record(work.root, "quantize", plan.content_hash(), work.quantized)
+        return _ok("quantize", f"exported {quant.method} into {work.quantized}")
     calibration = Path(quant.calibration) if quant.calibration else None
     quantize_model(QuantizeOptions(
         model=work.merged, out=work.quantized, method=quant.method, calibration=calibration,
@@ -363,7 +387,9 @@ def _job_result(
             adapters=[AdapterDigest(name=a.get("name"), sha256=_adapter_sha256(a))
                       for a in provenance.get("adapters", [])],
         ),
-        model_shape=read_model_shape(model_dir).model_dump(mode="json"),
+        # A GGUF artifact is for download: no config.json, nothing for vLLM's tuner to size.
+        model_shape=None if is_gguf(plan.quantization.method)
+        else read_model_shape(model_dir).model_dump(mode="json"),
     )
     return result.fitted()
 

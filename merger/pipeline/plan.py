@@ -5,15 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lorafuse import __version__
-from lorafuse.merger.engine.choices import CombineMethod, OutputDtype
+from lorafuse.merger.engine.choices import (
+    GGUF_FILE,
+    CombineMethod,
+    OutputDtype,
+    QuantMethod,
+    is_gguf,
+)
 
 SOURCE_PATTERN = r"^(/|pvc://|hf://).+"
-QuantMethod = Literal["none", "awq", "gptq", "fp8"]
 
 
 class _Strict(BaseModel):
@@ -98,4 +102,5 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9@._-]+", "-", text).strip("-").lower()[:40] or "x"
 
 
-__all__ = ["AdapterRef", "MergePlan", "Quantization", "Validation", "__version__"]
+__all__ = ["GGUF_FILE", "AdapterRef", "MergePlan", "QuantMethod", "Quantization", "Validation",
+           "__version__", "is_gguf"]

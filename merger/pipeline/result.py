@@ -51,6 +51,13 @@ class ProvenanceSummary(_Part):
     adapters_omitted: int | None = None  # adapters left out to fit the termination message
 
 
+class SourceCommit(_Part):
+    """An hf:// source as the plan names it, and the commit the fetch step resolved it to."""
+
+    source: str
+    commit: str
+
+
 class JobResult(_Part):
     """One step's outcome; a failure has ok false, a reason word and a one-line message."""
 
@@ -64,6 +71,8 @@ class JobResult(_Part):
     # The serving tuner's ModelShape as JSON; the operator keeps it in status and the tuner
     # validates it when it sizes, so this contract does not pin the tuner's fields.
     model_shape: dict[str, Any] | None = None
+    # fetch: the commit of every hf:// source, so adapter serving loads exactly these.
+    sources: list[SourceCommit] | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), separators=(",", ":"))
@@ -85,6 +94,8 @@ class JobResult(_Part):
             provenance.adapters_omitted = (provenance.adapters_omitted or 0) + 1
         if result.size() > RESULT_LIMIT:
             result.model_shape = None
+        if result.size() > RESULT_LIMIT:  # unpinned then: adapter serving uses the revisions
+            result.sources = None
         return result
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 from lorafuse.operator import naming
+from lorafuse.operator.children import adapters
 from lorafuse.operator.children.common import (
     Images,
     Owner,
@@ -19,7 +19,7 @@ from lorafuse.operator.children.common import (
 )
 from lorafuse.operator.children.pod_template import with_pod_template
 from lorafuse.operator.children.storage import claim_for
-from lorafuse.operator.serving_target import ServingTarget, vllm_options
+from lorafuse.operator.serving_target import ServingTarget
 from lorafuse.operator.spec import ModelDeploymentSpec
 from lorafuse.serving.vllm_args import vllm_args
 
@@ -52,6 +52,8 @@ def serving_deployment(
     if target.mode == "adapter":
         # The model volume is read-only here; vLLM downloads hf:// sources into this cache.
         pod_spec["volumes"].append({"name": "hf-cache", "emptyDir": {}})
+    if adapters.runtime_adapters(spec, target):
+        pod_spec["volumes"].append(adapters.pod_volume(owner))
     if opts.node_selector:
         pod_spec["nodeSelector"] = dict(opts.node_selector)
     if opts.tolerations:
@@ -123,11 +125,12 @@ def _vllm_container(
         "name": "vllm",
         "image": opts.image,
         "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
-        "args": vllm_args(vllm_options(owner.name, spec, target, locate=_serving_locate(spec))),
+        "args": vllm_args(adapters.pod_options(owner.name, spec, target)),
         "ports": [{"name": "http", "containerPort": opts.port, "protocol": "TCP"}],
         "env": [
             {"name": "HF_HOME", "value": _hf_home(target)},
             *(hub_token_env(spec) if target.mode == "adapter" else []),
+            *(adapters.pod_env() if adapters.runtime_adapters(spec, target) else []),
             *[dict(var) for var in opts.env],
         ],
         "resources": resources,
@@ -155,21 +158,9 @@ def _vllm_container(
             {"name": "shm", "mountPath": "/dev/shm"},
             *source_mounts(spec),
             *_cache_mounts(target),
+            *([adapters.pod_mount()] if adapters.runtime_adapters(spec, target) else []),
         ],
     }
-
-
-def _serving_locate(spec: ModelDeploymentSpec) -> Callable[[str], tuple[str, str | None]]:
-    """hf:// adapters are fetched at their revision into the pod's cache (vLLM's
-    --lora-modules has no revision); the base and other sources are located as usual."""
-    fetched = {a.source for a in spec.adapters if a.source.startswith("hf://")}
-
-    def locate(source: str) -> tuple[str, str | None]:
-        if source in fetched:
-            return naming.adapter_cache_path(source), None
-        return naming.serving_ref(source)
-
-    return locate
 
 
 def _fetch_adapter_containers(spec: ModelDeploymentSpec, images: Images) -> list[dict[str, Any]]:

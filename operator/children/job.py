@@ -38,11 +38,19 @@ def plan_config_map(owner: Owner, plan: MergePlan, plan_hash: str) -> dict[str, 
 
 
 def merge_job(
-    owner: Owner, spec: ModelDeploymentSpec, plan: MergePlan, plan_hash: str, images: Images
+    owner: Owner,
+    spec: ModelDeploymentSpec,
+    plan: MergePlan,
+    plan_hash: str,
+    images: Images,
+    *,
+    steps: list[str] | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """One init container per step, so `kubectl get pods` shows how far the merge is."""
     workdir = f"{naming.WORK_ROOT}/{plan.artifact_name()}"
-    containers = [_step_container(step, spec, workdir, images) for step in steps_for(plan)]
+    steps = steps_for(plan) if steps is None else steps
+    containers = [_step_container(step, spec, workdir, images) for step in steps]
     pod_spec: dict[str, Any] = {
         "securityContext": pod_security_context(),
         "restartPolicy": "Never",
@@ -54,7 +62,7 @@ def merge_job(
         pod_spec["nodeSelector"] = dict(spec.job.node_selector)
     if spec.job.tolerations:
         pod_spec["tolerations"] = list(spec.job.tolerations)
-    name = naming.job_name(owner.name, plan_hash)
+    name = name or naming.job_name(owner.name, plan_hash)
     plan_label = {naming.LABEL_PLAN: plan_hash}
     template = {
         "metadata": {
@@ -73,6 +81,16 @@ def merge_job(
             "template": with_pod_template(template, spec.job.pod_template),
         },
     }
+
+
+def fetch_job(
+    owner: Owner, spec: ModelDeploymentSpec, plan: MergePlan, plan_hash: str, images: Images
+) -> dict[str, Any]:
+    """Adapter mode's Job: only the plan's fetch step, which resolves every hf:// source to
+    its commit (its result). Same plan, volume and work directory as the merge, which then
+    finds the sources fetched."""
+    name = naming.fetch_job_name(owner.name, plan_hash)
+    return merge_job(owner, spec, plan, plan_hash, images, steps=["fetch"], name=name)
 
 
 def _step_container(

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quantize": ("lorafuse.commands.quantize", "quantize a model (AWQ, GPTQ W4A16, FP8 dynamic)"),
     "validate": ("lorafuse.commands.validate", "check a merged/quantized model against PEFT"),
     "job": ("lorafuse.commands.job", "run one step of the merge Job, or verify an artifact"),
+    "prune": ("lorafuse.commands.prune", "remove superseded artifacts from the model volume"),
     "run": ("lorafuse.commands.run", "execute a ModelDeployment manifest locally, no cluster"),
 }
 

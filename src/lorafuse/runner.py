@@ -15,11 +15,13 @@ from pathlib import Path
 
 from lorafuse.errors import UserError, ValidationFailed
 from lorafuse.merger.pipeline import job
-from lorafuse.merger.pipeline.plan import MergePlan
+from lorafuse.merger.pipeline.plan import MergePlan, is_gguf
 from lorafuse.merger.pipeline.result import JobResult
 from lorafuse.merger.pipeline.sources import local_path
 from lorafuse.merger.pipeline.steps import steps_for
 from lorafuse.operator import naming
+from lorafuse.operator.download import download_message
+from lorafuse.operator.lifecycle import artifact_from_result
 from lorafuse.operator.manifest import read_model_deployment
 from lorafuse.operator.merge_plan import JobPaths, plan_for
 from lorafuse.operator.serving_target import ServingTarget, vllm_options
@@ -86,6 +88,9 @@ def run_manifest(options: RunOptions, say: Callable[[str], None] = print) -> int
     if mode == "merged":
         result = _run_steps(plan, work, say)
         assert result.artifact is not None
+        if is_gguf(plan.quantization.method):  # as the operator: published, not served
+            say(download_message(artifact_from_result(result.artifact, plan.content_hash())))
+            return 0
         target = ServingTarget("merged", sizing, artifact_path=result.artifact.path)
     else:
         say(f"[fetch] {job.fetch(plan, work).message}")

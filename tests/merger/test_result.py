@@ -18,3 +18,13 @@ def test_fields_a_newer_job_adds_are_ignored():
 def test_a_written_result_reads_back_the_same():
     written = JobResult(ok=False, step="validate", reason="ValidationFailed", message="score fell")
     assert parse_result(written.to_json()) == written
+
+
+def test_commits_that_would_not_fit_the_termination_message_are_left_out():
+    from lorafuse.merger.pipeline.result import RESULT_LIMIT, SourceCommit
+
+    few = [SourceCommit(source=f"hf://acme/a{i}@main", commit="c" * 40) for i in range(3)]
+    many = [SourceCommit(source=f"hf://acme/a{i}@main", commit="c" * 40) for i in range(64)]
+    assert JobResult(ok=True, step="fetch", sources=few).fitted().sources == few
+    fitted = JobResult(ok=True, step="fetch", sources=many).fitted()
+    assert fitted.sources is None and fitted.size() <= RESULT_LIMIT

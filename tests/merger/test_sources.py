@@ -98,3 +98,14 @@ def test_hf_source_pins_the_commit_its_revision_resolves_to(pipeline_models, tmp
 def test_a_malformed_hub_id_is_bad_input(source):
     with pytest.raises(UserError, match="expected hf://org/name@revision"):
         resolve_source(source)
+
+
+def test_the_fetch_result_names_the_commit_of_each_hub_source(pipeline_models, tmp_path):
+    hf_home = hub_cache(tmp_path / "hf", "acme/tiny-llama", pipeline_models.base)
+    plan = hub_plan(pipeline_models, tmp_path, "hf://acme/tiny-llama@v1")
+    done, result = fetch_in_subprocess(plan, tmp_path, hf_home, offline=True)
+    assert done.returncode == 0, done.stderr
+    # The operator pins adapter serving to these; local sources have no commit.
+    assert result["sources"] == [{"source": "hf://acme/tiny-llama@v1", "commit": COMMIT}]
+    done, again = fetch_in_subprocess(plan, tmp_path, hf_home, offline=True)  # step skipped
+    assert again["sources"] == result["sources"]

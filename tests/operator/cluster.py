@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,14 @@ def service_account_kubeconfig(control_plane, namespace: str, path: Path) -> Pat
 class OperatorProcess:
     """`lorafuse operator` watching one namespace, as a separate process (like its pod)."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, workdir: Path, priority: int) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        namespace: str,
+        workdir: Path,
+        priority: int,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.metrics_port = _free_port()
         self.log = workdir / f"operator-{priority}.log"
         argv = [
@@ -125,6 +133,7 @@ class OperatorProcess:
             "--allowed-image=vllm/vllm-openai:*",
             f"--allowed-secret={HUB_SECRET}",
             "--retry-backoff=1",
+            *extra_args,  # later flags win (argparse), appended ones add to the policy
         ]
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         with self.log.open("w") as out:
@@ -290,3 +299,22 @@ def tiny_spec(**changes) -> dict:
     for section, values in changes.items():
         spec[section] = {**spec.get(section, {}), **values} if isinstance(values, dict) else values
     return spec
+
+
+BASE_COMMIT = "b" * 40
+ADAPTER_COMMIT = "a" * 40
+
+
+def offline_hub(node, namespace: str, tiny_sources: Path) -> None:
+    """The tiny base (acme/tiny) and its adapter (acme/support) in a Hugging Face cache on
+    the model volume (the Job's HF_HOME), each with branch main at a known commit, so that
+    a fetch with HF_HUB_OFFLINE=1 resolves them without a network."""
+    hf_home = node.claim_dir(namespace, "models") / "hf"
+    for repo, files, commit in (
+        ("acme/tiny", tiny_sources / "base", BASE_COMMIT),
+        ("acme/support", tiny_sources / "adapters" / "support", ADAPTER_COMMIT),
+    ):
+        storage = hf_home / "hub" / f"models--{repo.replace('/', '--')}"
+        shutil.copytree(files, storage / "snapshots" / commit)
+        (storage / "refs").mkdir()
+        (storage / "refs" / "main").write_text(commit)

@@ -85,8 +85,9 @@ def start_operator(operator_kubeconfig, namespace, tmp_path):
 
     started = []
 
-    def start(priority: int = 100):
-        started.append(OperatorProcess(operator_kubeconfig, namespace, tmp_path, priority))
+    def start(priority: int = 100, extra_args: tuple[str, ...] = ()):
+        process = OperatorProcess(operator_kubeconfig, namespace, tmp_path, priority, extra_args)
+        started.append(process)
         return started[-1]
 
     yield start

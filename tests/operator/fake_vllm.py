@@ -16,6 +16,7 @@ from pathlib import Path
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
+    argv = with_config_file(argv)
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--served-model-name", nargs="+", default=None)
@@ -25,6 +26,21 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--lora-modules", nargs="+", default=[])
     args, _ = parser.parse_known_args(argv)
     return args
+
+
+def with_config_file(argv: list[str]) -> list[str]:
+    """vLLM's --config FILE: the file's keys become flags before the command line's."""
+    if "--config" not in argv:
+        return argv
+    import yaml
+
+    index = argv.index("--config")
+    config = yaml.safe_load(Path(argv[index + 1]).read_text()) or {}
+    flags: list[str] = []
+    for key, value in config.items():
+        values = value if isinstance(value, list) else [value]
+        flags += [f"--{key}", *(str(v) for v in values)]
+    return flags + argv[:index] + argv[index + 2 :]
 
 
 def models(args: argparse.Namespace) -> dict[str, str]:

@@ -259,3 +259,30 @@ def test_every_value_is_documented_in_install_md():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     docs = (REPO / "docs" / "install.md").read_text()
     assert [k for k in value_keys(values) if f"| `{k}` |" not in docs] == []
+
+
+def _policy_of(helm: str, *values: str):
+    """The admin policy the operator builds from the chart's rendered flags."""
+    from lorafuse.commands.operator import admin_policy
+
+    _, _, *args = operator_container(template(helm, *values))["args"]
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    importlib.import_module(COMMANDS["operator"][0]).configure(parser)
+    return admin_policy(parser.parse_args(args))
+
+
+def test_only_the_default_service_account_is_allowed_by_default(helm):
+    assert _policy_of(helm).allowed_service_accounts == ("default",)
+
+
+def test_allowed_service_accounts_reach_the_operators_policy(helm):
+    values = ["--set", "policy.allowedServiceAccounts={llm-*,default}"]
+    assert _policy_of(helm, *values).allowed_service_accounts == ("llm-*", "default")
+
+
+def test_gguf_k_quants_are_refused_by_default(helm):
+    assert _policy_of(helm).gguf_k_quants is False
+
+
+def test_gguf_k_quants_value_reaches_the_operators_policy(helm):
+    assert _policy_of(helm, "--set", "policy.ggufKQuants=true").gguf_k_quants is True

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from lorafuse.operator.children.adapters import adapters_config_map
 from lorafuse.operator.children.common import Images
 from lorafuse.operator.children.deployment import serving_deployment
 from lorafuse.operator.children.job import merge_job, plan_config_map
@@ -35,6 +36,14 @@ def _vllm(owner, spec, serving):
 
 def _flag(args, name):
     return args[args.index(name) + 1]
+
+
+def _lora_start(owner, spec, serving):
+    """The LoRA options an adapter-mode pod starts with: the --config file's content."""
+    config_map = adapters_config_map(owner, spec, serving)
+    assert config_map is not None
+    (text,) = config_map["data"].values()
+    return json.loads(text)
 
 
 def test_job_runs_one_init_container_per_step_and_publishes_last(owner, spec):
@@ -121,19 +130,20 @@ def test_adapter_mode_serves_base_with_the_adapter_under_the_served_name(owner, 
     assert _flag(args, "--revision") == "0123abc"
     assert _flag(args, "--served-model-name") == "support-bot-base"
     assert "--enable-lora" in args
-    assert _flag(args, "--lora-modules") == "support-bot=/sources/adapters/support-v3"
+    assert _flag(args, "--config") == "/etc/lorafuse/lora/vllm-lora.yaml"
+    lora = _lora_start(owner, spec, ADAPTER)
+    assert lora["lora-modules"] == ["support-bot=/sources/adapters/support-v3"]
     assert _flag(args, "--max-lora-rank") == "64"
 
 
 def test_adapter_mode_names_each_of_several_adapters(owner, raw_spec):
     raw_spec["adapters"].append({"name": "billing", "source": "/models/adapters/billing"})
-    args = _vllm(owner, ModelDeploymentSpec.model_validate(raw_spec), ADAPTER)["args"]
-    start = args.index("--lora-modules") + 1
-    assert args[start : start + 2] == [
+    lora = _lora_start(owner, ModelDeploymentSpec.model_validate(raw_spec), ADAPTER)
+    assert lora["lora-modules"] == [
         "support-v3=/sources/adapters/support-v3",
         "billing=/models/adapters/billing",
     ]
-    assert _flag(args, "--max-loras") == "2"
+    assert lora["max-loras"] == 2
 
 
 def test_adapter_mode_has_no_verify_step(owner, spec):
@@ -289,5 +299,5 @@ def test_adapter_mode_fetches_hub_adapters_at_their_revision(owner, raw_spec):
     cached = "/cache/adapters/acme--support--4f2c1e9"
     assert fetch["args"] == ["acme/support", "4f2c1e9", cached]
     args = pod["containers"][0]["args"]
-    assert _flag(args, "--lora-modules") == f"support-bot={cached}"
+    assert _lora_start(owner, spec, ADAPTER)["lora-modules"] == [f"support-bot={cached}"]
     assert _flag(args, "--revision") == "0123abc"  # the base: pinned as given

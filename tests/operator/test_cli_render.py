@@ -43,8 +43,9 @@ def test_merged_manifest_renders_claim_plan_job_deployment_service(tmp_path, cap
 
 def test_adapter_manifest_renders_no_merge(tmp_path, capsys):
     docs = _render(tmp_path, capsys, "adapter")
-    assert [d["kind"] for d in docs] == ["PersistentVolumeClaim", "Deployment", "Service"]
-    assert "--enable-lora" in docs[1]["spec"]["template"]["spec"]["containers"][0]["args"]
+    kinds = ["PersistentVolumeClaim", "ConfigMap", "Deployment", "Service"]
+    assert [d["kind"] for d in docs] == kinds  # the ConfigMap: the adapters vLLM starts with
+    assert "--enable-lora" in docs[2]["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 def _run_cli(*args: str, stdin: str = "", cwd: str = "/") -> subprocess.CompletedProcess:

@@ -11,6 +11,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.operator.cluster import (
     NAME,
+    OPERATOR_ACCOUNT,
     ModelDeployments,
     condition,
     register_images,
@@ -175,3 +176,27 @@ def test_a_refused_plan_fails_without_adapter_serving_and_reruns_on_the_retry_an
         NAME, lambda s: refused(s) and s["merge"].get("retry") == "1", 180, "refused again"
     )
     assert "servingMode" not in status
+
+
+def test_a_service_account_outside_the_installers_list_is_a_policy_violation(
+    control_plane, namespace, start_operator
+):
+    # The operator's own account lives in this namespace: an author who may only create
+    # ModelDeployments must not get pods running with its token (a confused deputy).
+    start_operator()
+    mdeps = ModelDeployments(control_plane, namespace)
+    template = {"serviceAccountName": OPERATOR_ACCOUNT}
+    mdeps.create(NAME, {**SPEC, "job": {"podTemplate": template}})
+
+    status = mdeps.wait_status(
+        NAME, lambda s: _ready(s).get("reason") == "PolicyViolation", 90, "PolicyViolation"
+    )
+    assert status["phase"] == "Failed"
+    assert (
+        f"spec.job.podTemplate.serviceAccountName: ServiceAccount '{OPERATOR_ACCOUNT}' is not "
+        "in the operator's allowed ServiceAccounts (allowed: default)"
+    ) == _ready(status)["message"]
+    assert _eventually_reasons(control_plane, namespace, "PolicyViolation")
+    assert _jobs(control_plane, namespace) == []
+    core = kubernetes.client.CoreV1Api(control_plane.client)
+    assert core.list_namespaced_persistent_volume_claim(namespace).items == []

@@ -146,6 +146,8 @@ def test_crd_command_prints_the_crd_and_peering_crds(capsys):
         ".spec.serving.ingress",
         ".spec.serving.podTemplate",
         ".spec.job.podTemplate",
+        ".spec.serving.runtimeAdapters",
+        ".status.serving.pods",
     ],
 )
 def test_kubectl_explain_describes_every_scaling_exposure_and_placement_field(section):

@@ -57,7 +57,7 @@ def test_operator_target_installs_only_the_operator_extra():
 def test_merger_target_installs_torch_and_quantization():
     installs = " ".join(line for line in stages()["merger"] if line.startswith("RUN "))
     assert "torch==" in installs
-    assert "[merger,quantize]" in installs
+    assert "[merger,quantize,gguf]" in installs
 
 
 def test_build_context_keeps_out_local_state():

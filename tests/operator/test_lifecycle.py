@@ -25,6 +25,7 @@ from lorafuse.operator.spec import (
     HistoryEntry,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
+    SourceCommitStatus,
 )
 
 PLAN = "a" * 16
@@ -148,7 +149,9 @@ def test_success_after_a_rollback_returns_to_merged(spec):
 
 
 def test_adapter_mode_on_request_serves_adapters_without_merging(spec):
-    decision = decide(_adapter_mode(spec), _status(), PLAN, None)
+    # the hf:// base's commit is known (else a fetch Job runs first: test_fetch_first.py)
+    base = SourceCommitStatus(source="hf://acme/tiny-llama@0123abc", commit="c" * 40)
+    decision = decide(_adapter_mode(spec), _status(resolved_sources=[base]), PLAN, None)
     assert decision.serve == "adapter" and not decision.create_job
     assert decision.rollback.reason == "Requested"
     assert phase_of(decision, DONE) == "Serving"
@@ -328,6 +331,19 @@ def test_a_failed_artifact_check_after_the_job_re_runs_the_plan(spec):
     assert decision.create_job and decision.rerun_job and "gone" in decision.healing
     merged = {c.type: c for c in conditions(decision, broken, 1, [])}["Merged"]
     assert (merged.status, merged.reason) == ("False", "ArtifactMissing")
+
+
+def test_the_condition_says_why_until_the_job_running_again_has_published(spec):
+    running = JobObservation("job", PLAN, "Running", "merge", finished_at=None)
+    broken = Rollout(exists=True, verify_failed_at=NOW, verify_message="directory not found")
+    decision = decide(spec, _status(artifact=_artifact(PLAN)), PLAN, running, rollout=broken)
+    assert not decision.create_job and decision.serve == "merged"
+    merged = {c.type: c for c in conditions(decision, broken, 1, [])}["Merged"]
+    assert (merged.status, merged.reason) == ("False", "ArtifactMissing")
+    assert merged.message == (
+        f"re-publishing {_artifact(PLAN).name} after it failed its check in a serving pod: "
+        "directory not found"
+    )
 
 
 def test_a_check_that_failed_before_the_job_finished_is_old_news(spec):

@@ -95,3 +95,30 @@ def test_a_violation_names_the_field_and_why(raw_spec):
     spec = _spec(raw_spec, serving={"image": "evil.example/miner:1"})
     (violation,) = violations(spec, POLICY)
     assert str(violation).startswith("spec.serving.image: image 'evil.example/miner:1'")
+
+
+def test_only_the_default_service_account_is_allowed_by_default(raw_spec):
+    raw_spec["serving"]["podTemplate"] = {"serviceAccountName": "default"}
+    raw_spec["job"] = {"podTemplate": {"serviceAccountName": "ci-deployer"}}
+    assert _fields(ModelDeploymentSpec.model_validate(raw_spec), Policy()) == [
+        "spec.job.podTemplate.serviceAccountName"
+    ]
+
+
+def test_a_service_account_outside_the_patterns_is_refused_naming_it(raw_spec):
+    raw_spec["serving"]["podTemplate"] = {"serviceAccountName": "namespace-admin"}
+    policy = Policy(allowed_service_accounts=("llm-*",))
+    (violation,) = violations(ModelDeploymentSpec.model_validate(raw_spec), policy)
+    assert violation.field == "spec.serving.podTemplate.serviceAccountName"
+    assert "'namespace-admin' is not in the operator's allowed ServiceAccounts" in str(violation)
+
+
+def test_service_accounts_matching_the_patterns_may_be_used(raw_spec):
+    raw_spec["serving"]["podTemplate"] = {"serviceAccountName": "llm-serving"}
+    raw_spec["job"] = {"podTemplate": {"serviceAccountName": "llm-merge"}}
+    policy = Policy(allowed_service_accounts=("llm-*",))
+    assert _fields(ModelDeploymentSpec.model_validate(raw_spec), policy) == []
+
+
+def test_an_unset_service_account_is_always_allowed(spec):
+    assert _fields(spec, Policy(allowed_service_accounts=())) == []

@@ -16,7 +16,7 @@ from packaging.requirements import Requirement
 from lorafuse.cli import COMMANDS
 
 REPO = Path(__file__).resolve().parents[2]
-SLIM_COMMANDS = ["operator", "render", "crd", "job"]
+SLIM_COMMANDS = ["operator", "render", "crd", "job", "prune"]
 # Runs first in the child interpreter: any attempt to import torch raises at once.
 BLOCK_TORCH = textwrap.dedent(
     """

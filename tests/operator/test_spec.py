@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from lorafuse.operator.merge_plan import plan_for
 from lorafuse.operator.spec import ModelDeploymentSpec
 
 
@@ -78,3 +79,11 @@ def test_unknown_fields_are_rejected(raw_spec):
     raw_spec["serving"]["maxModelLength"] = 4096
     with pytest.raises(ValidationError, match="maxModelLength"):
         ModelDeploymentSpec.model_validate(raw_spec)
+
+
+def test_rollback_to_accepts_the_name_of_an_artifact_made_from_a_hub_revision(raw_spec):
+    raw_spec["base"] = {"source": "hf://acme/tiny-llama", "revision": "v1.2"}
+    name = plan_for(ModelDeploymentSpec.model_validate(raw_spec)).artifact_name()
+    assert "@" in name
+    raw_spec["rollback"] = {"to": name}
+    assert ModelDeploymentSpec.model_validate(raw_spec).rollback.to == name

@@ -4,27 +4,29 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lorafuse.errors import UserError
 from lorafuse.merger.pipeline.steps import STEPS
+from lorafuse.termination import TERMINATION_LOG, report
 
 if TYPE_CHECKING:
     from lorafuse.merger.pipeline.result import JobResult
-
-TERMINATION_LOG = Path("/dev/termination-log")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("step", choices=[*STEPS, "verify"])
     parser.add_argument("--plan", type=Path, help="plan.json (MergePlan); all steps but verify")
-    parser.add_argument("--workdir", type=Path,
-                        help="shared work directory (default: ARTIFACT_ROOT/../work/NAME)")
-    parser.add_argument("--result-file", type=Path, default=TERMINATION_LOG,
-                        help="where the JSON result goes (default /dev/termination-log, "
-                        "written when it exists)")
+    parser.add_argument(
+        "--workdir", type=Path, help="shared work directory (default: ARTIFACT_ROOT/../work/NAME)"
+    )
+    parser.add_argument(
+        "--result-file",
+        type=Path,
+        default=TERMINATION_LOG,
+        help="where the JSON result goes (default /dev/termination-log, written when it exists)",
+    )
     parser.add_argument("--artifact", type=Path, help="verify: the artifact directory")
     parser.add_argument("--digest", help="verify: the expected sha256:<hex> digest")
 
@@ -35,6 +37,7 @@ def _terminate(signum, _frame):
 
 
 def run(args: argparse.Namespace) -> int:
+    from lorafuse.merger.files.prune import hold_in_use
     from lorafuse.merger.pipeline import job
 
     signal.signal(signal.SIGTERM, _terminate)
@@ -49,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError(f"{args.step} needs --plan plan.json")
             plan = job.load_plan(args.plan)
             work = job.claim_workdir(plan, args.workdir or job.default_workdir(plan))
+            while hold_in_use(work.root) is None:  # held to the end: `lorafuse prune` skips it
+                work = job.claim_workdir(plan, work.root)
             result = job.run_step(args.step, plan, work)
     except BaseException as exc:
         _emit(job.failure_result(args.step, exc, work), args.result_file)
@@ -58,12 +63,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _emit(result: JobResult, result_file: Path) -> None:
-    text = result.to_json()
-    print(text)
-    if result_file == TERMINATION_LOG and not result_file.exists():
-        return  # not in a Kubernetes container: stdout is the result
-    try:
-        result_file.parent.mkdir(parents=True, exist_ok=True)
-        result_file.write_text(text)
-    except OSError as exc:
-        print(f"lorafuse job: cannot write {result_file} ({exc.strerror})", file=sys.stderr)
+    report(result.to_json(), result_file, "job")

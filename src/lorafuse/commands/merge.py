@@ -56,9 +56,10 @@ def run(args: argparse.Namespace) -> int:
     from lorafuse.merger.files.hashing import FileHasher, merge_inputs
 
     signal.signal(signal.SIGTERM, _terminate)
-    # sha256 of the inputs (for lorafuse.json) runs on another core while torch is imported
-    hasher = FileHasher(merge_inputs(args.base.absolute(),
-                                     [a.absolute() for a in args.adapters]))
+    # sha256 of the adapters (for lorafuse.json) runs on another core while torch is
+    # imported; the base shards are hashed as the merge reads them
+    hasher = FileHasher(*merge_inputs(args.base.absolute(),
+                                      [a.absolute() for a in args.adapters]))
     try:
         with collector_paused():  # importing torch makes many objects and little garbage
             from lorafuse.merger.engine.merge import MergeOptions, merge

@@ -51,6 +51,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "default: none",
     )
     policy.add_argument(
+        "--allowed-service-account",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="ServiceAccount name pattern a podTemplate.serviceAccountName may name "
+        "(repeatable); default: default",
+    )
+    policy.add_argument(
+        "--allow-gguf-k-quants",
+        action="store_true",
+        help="allow quantization.method gguf-q4_k_m and gguf-q5_k_m: only for a merger image "
+        "with llama-cpp-python (lorafuse's gguf-kquants extra)",
+    )
+    policy.add_argument(
         "--forbid-vllm-arg",
         action="append",
         default=[],
@@ -168,6 +182,8 @@ def admin_policy(args: argparse.Namespace):
         allowed_secrets=tuple(args.allowed_secret),
         forbidden_vllm_args=(*OPERATOR_OWNED_VLLM_ARGS, *args.forbid_vllm_arg),
         merger_image=args.merger_image,
+        gguf_k_quants=args.allow_gguf_k_quants,
+        allowed_service_accounts=tuple(args.allowed_service_account or ["default"]),
     )
 
 

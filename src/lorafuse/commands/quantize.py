@@ -7,6 +7,8 @@ import argparse
 import signal
 from pathlib import Path
 
+from lorafuse.merger.engine.choices import GGUF_METHODS, is_gguf
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path,
@@ -14,8 +16,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path,
                         help="output directory (must not exist, or hold this very quantization)")
     parser.add_argument("--method", required=True,
-                        help="awq (W4A16), gptq (W4A16), fp8 (FP8 dynamic), or GGUF: gguf-f16, "
-                        "gguf-bf16, gguf-q8_0, gguf-q4_0, gguf-q4_k_m, gguf-q5_k_m")
+                        help="awq (W4A16), gptq (W4A16), fp8 (FP8 dynamic), or GGUF: "
+                        + ", ".join(GGUF_METHODS))
     parser.add_argument("--calibration", type=Path,
                         help='JSONL of {"text"} or {"prompt"} lines (awq and gptq)')
     parser.add_argument("--samples", type=int, default=64,
@@ -31,7 +33,7 @@ def _terminate(signum, _frame):
 
 def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _terminate)
-    if args.method.startswith("gguf-"):
+    if is_gguf(args.method):
         return _run_gguf(args)
     from lorafuse.merger.pipeline.quantize import QuantizeOptions, quantize
 
@@ -47,16 +49,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_gguf(args: argparse.Namespace) -> int:
-    try:
-        from lorafuse.merger.gguf.export import GGUF_NAME, export_gguf
-    except ImportError as exc:
-        if exc.name != "gguf":
-            raise
-        from lorafuse.errors import UserError
+    from lorafuse.merger.pipeline.gguf_step import import_exporter
 
-        raise UserError(f"{args.method}: the `gguf` package is not installed; "
-                        "install lorafuse's `gguf` extra (pip install 'lorafuse[gguf]')") from None
-    result = export_gguf(args.model, args.out, args.method)
+    exporter = import_exporter(args.method)
+    result = exporter.export_gguf(args.model, args.out, args.method)
     verb = "verified existing" if result.reused else "wrote"
-    print(f"{verb} {result.out / GGUF_NAME}: {result.quantization['scheme']}")
+    print(f"{verb} {result.out / exporter.GGUF_NAME}: {result.quantization['scheme']}")
     return 0

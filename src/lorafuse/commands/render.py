@@ -9,11 +9,13 @@ from typing import Any
 
 import yaml
 
+from lorafuse.merger.pipeline.plan import is_gguf
 from lorafuse.operator import naming
 from lorafuse.operator.children.common import Images, Owner
 from lorafuse.operator.children.desired import desired_objects
 from lorafuse.operator.manifest import read_model_deployment
 from lorafuse.operator.merge_plan import plan_for
+from lorafuse.operator.pinning import pin_sources, unresolved
 from lorafuse.operator.serving_target import ServingTarget
 from lorafuse.operator.sizing import Sizing, size_serving
 from lorafuse.operator.spec import ModelDeployment
@@ -46,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
 def render(
     resource: ModelDeployment, owner: Owner, images: Images, digest: str
 ) -> list[dict[str, Any]]:
-    """The PVC, plan ConfigMap, merge Job (merged mode), vLLM Deployment and Service."""
+    """The PVC, plan ConfigMap, merge Job (merged mode) or fetch Job (adapter mode with
+    unresolved hf:// sources), vLLM Deployment and Service."""
     spec = resource.spec
     plan = plan_for(spec)
     mode = spec.serving.mode
@@ -56,7 +59,15 @@ def render(
         artifact_path=plan.artifact_path() if mode == "merged" else None,
         artifact_digest=digest if mode == "merged" else None,
     )
-    return desired_objects(owner, spec, plan, images, merge=mode == "merged", serving=target)
+    if is_gguf(spec.quantization.method):  # a file for download: no vLLM Deployment
+        return desired_objects(owner, spec, plan, images, merge=True, serving=None)
+    # Adapter mode: hf:// sources at the commits status records, else the fetch Job first.
+    resolved = resource.status.resolved_sources if resource.status else []
+    fetch = mode == "adapter" and bool(unresolved(spec, resolved))
+    return desired_objects(
+        owner, pin_sources(spec, resolved), plan, images, merge=mode == "merged",
+        serving=target, fetch=fetch,
+    )
 
 
 def _sizing(resource: ModelDeployment, mode: str) -> Sizing:

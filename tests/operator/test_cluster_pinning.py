@@ -1,0 +1,55 @@
+"""Adapter serving pinned to commits, on the real control plane: the merge Job's fetch
+resolves hf:// branches (from a Hugging Face cache on the model volume, offline), and the
+adapter-mode fallback after its failed validation fetches exactly those commits."""
+
+from __future__ import annotations
+
+import kubernetes
+
+from tests.operator.cluster import (
+    ADAPTER_COMMIT,
+    BASE_COMMIT,
+    NAME,
+    ModelDeployments,
+    offline_hub,
+    register_images,
+    tiny_spec,
+)
+from tests.operator.test_cluster_rollback import REJECTED_VALIDATION
+
+
+def test_the_adapter_fallback_fetches_the_commits_the_merge_job_resolved(
+    control_plane, namespace, node, models_claim, tiny_sources, start_operator
+):
+    offline_hub(node, namespace, tiny_sources)
+    register_images(node)
+    start_operator()
+    mdeps = ModelDeployments(control_plane, namespace)
+    spec = tiny_spec(
+        base={"source": "hf://acme/tiny", "revision": "main"},
+        adapters=[{"name": "support", "source": "hf://acme/support@main"}],
+        dtype="bfloat16",
+        validation=REJECTED_VALIDATION,
+        job={"env": [{"name": "HF_HUB_OFFLINE", "value": "1"}]},
+    )
+    mdeps.create(NAME, spec)
+
+    status = mdeps.wait_status(
+        NAME,
+        lambda s: s.get("phase") == "RolledBack" and s.get("servingMode") == "adapter",
+        180,
+        "the adapter fallback",
+    )
+    assert status["resolvedSources"] == [
+        {"source": "hf://acme/tiny@main", "commit": BASE_COMMIT},
+        {"source": "hf://acme/support@main", "commit": ADAPTER_COMMIT},
+    ]
+    apps = kubernetes.client.AppsV1Api(control_plane.client)
+    deployment = apps.read_namespaced_deployment(f"{NAME}-vllm", namespace)
+    pod = deployment.spec.template.spec
+    (fetch,) = pod.init_containers
+    cached = f"/cache/adapters/acme--support--{ADAPTER_COMMIT}"
+    assert fetch.args == ["acme/support", ADAPTER_COMMIT, cached]
+    args = pod.containers[0].args
+    assert args[args.index("--model") + 1] == "acme/tiny"
+    assert args[args.index("--revision") + 1] == BASE_COMMIT
