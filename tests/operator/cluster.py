@@ -318,3 +318,21 @@ def offline_hub(node, namespace: str, tiny_sources: Path) -> None:
         shutil.copytree(files, storage / "snapshots" / commit)
         (storage / "refs").mkdir()
         (storage / "refs" / "main").write_text(commit)
+
+
+# Merged in bfloat16, the model's next-token distributions move a little away from base +
+# adapters (float32); a limit of zero KL refuses any move, the default allows this one.
+REJECTED_VALIDATION = {"maxMeanKl": 0}
+ACCEPTED_VALIDATION = {"maxMeanKl": 0.25}
+
+
+def vllm_python() -> Path:
+    """The vLLM venv of scripts/vllm-venv.sh (or $LORAFUSE_VLLM_PYTHON); skips without one."""
+    import pytest
+
+    from lorafuse.serving.local import find_vllm_python
+
+    python = find_vllm_python()
+    if python is None:
+        pytest.skip("no vLLM venv: run scripts/vllm-venv.sh or set LORAFUSE_VLLM_PYTHON")
+    return python

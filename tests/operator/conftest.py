@@ -72,6 +72,15 @@ def models_claim(control_plane, namespace, node, tiny_sources) -> str:
 
 
 @pytest.fixture
+def mdeps(control_plane, namespace, node, models_claim):
+    """ModelDeployments of this test's namespace, its images registered on the node."""
+    from tests.operator.cluster import ModelDeployments, register_images
+
+    register_images(node)
+    return ModelDeployments(control_plane, namespace)
+
+
+@pytest.fixture
 def operator_kubeconfig(control_plane, namespace, crds, tmp_path):
     from tests.operator.cluster import service_account_kubeconfig
 

@@ -27,9 +27,9 @@ from tests.operator.cluster import (
     register_images,
     serving_pods,
     tiny_spec,
+    vllm_python,
     wait_for,
 )
-from tests.operator.test_cluster_vllm import _vllm_python
 
 PROMPT = "Please reset my password. Where is my"
 
@@ -122,7 +122,7 @@ def test_adding_an_adapter_loads_it_into_the_running_pod(
         "HF_HUB_OFFLINE": "1",
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     }
-    register_images(node, real_vllm(str(_vllm_python()), engine_env))
+    register_images(node, real_vllm(str(vllm_python()), engine_env))
     port = free_port()
 
     def current_pod() -> kubernetes.client.V1Pod | None:

@@ -11,27 +11,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kubernetes
-import pytest
 
 from tests.cluster.images import ContainerContext, Launch, run_as_given
 from tests.operator.cluster import (
+    ACCEPTED_VALIDATION,
     MERGER_IMAGE,
     NAME,
-    ModelDeployments,
+    REJECTED_VALIDATION,
     condition,
     get_json,
     ready_pod,
-    register_images,
     tiny_spec,
     wait_for,
 )
-from tests.operator.test_cluster_rollback import ACCEPTED_VALIDATION, REJECTED_VALIDATION
-
-
-@pytest.fixture
-def mdeps(control_plane, namespace, node, models_claim) -> ModelDeployments:
-    register_images(node)
-    return ModelDeployments(control_plane, namespace)
 
 
 def _serving_merged(status: dict, artifact: str | None = None) -> bool:

@@ -11,19 +11,11 @@ import pytest
 
 from tests.operator.cluster import (
     NAME,
-    ModelDeployments,
     condition,
-    register_images,
     tiny_spec,
 )
 
 pytest.importorskip("gguf")
-
-
-@pytest.fixture
-def mdeps(control_plane, namespace, node, models_claim) -> ModelDeployments:
-    register_images(node)
-    return ModelDeployments(control_plane, namespace)
 
 
 def _events(control_plane, namespace: str) -> list[str]:

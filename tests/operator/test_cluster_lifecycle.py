@@ -6,25 +6,16 @@ from __future__ import annotations
 import threading
 
 import kubernetes
-import pytest
 from kubernetes.client.exceptions import ApiException
 
 from tests.operator.cluster import (
     NAME,
-    ModelDeployments,
     condition,
     get_json,
     ready_pod,
-    register_images,
     tiny_spec,
     wait_for,
 )
-
-
-@pytest.fixture
-def mdeps(control_plane, namespace, node, models_claim) -> ModelDeployments:
-    register_images(node)
-    return ModelDeployments(control_plane, namespace)
 
 
 def _serving(status: dict, mode: str) -> bool:

@@ -10,12 +10,12 @@ from tests.operator.cluster import (
     ADAPTER_COMMIT,
     BASE_COMMIT,
     NAME,
+    REJECTED_VALIDATION,
     ModelDeployments,
     offline_hub,
     register_images,
     tiny_spec,
 )
-from tests.operator.test_cluster_rollback import REJECTED_VALIDATION
 
 
 def test_the_adapter_fallback_fetches_the_commits_the_merge_job_resolved(

@@ -6,7 +6,9 @@ from __future__ import annotations
 import kubernetes
 
 from tests.operator.cluster import (
+    ACCEPTED_VALIDATION,
     NAME,
+    REJECTED_VALIDATION,
     ModelDeployments,
     condition,
     get_json,
@@ -14,11 +16,6 @@ from tests.operator.cluster import (
     register_images,
     tiny_spec,
 )
-
-# Merged in bfloat16, the model's next-token distributions move a little away from base +
-# adapters (float32); a limit of zero KL refuses any move, the default allows this one.
-REJECTED_VALIDATION = {"maxMeanKl": 0}
-ACCEPTED_VALIDATION = {"maxMeanKl": 0.25}
 
 
 def test_failed_validation_rolls_back_to_adapters_until_a_new_spec_merges(

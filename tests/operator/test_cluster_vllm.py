@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from tests.operator.cluster import (
@@ -16,20 +13,12 @@ from tests.operator.cluster import (
     real_vllm,
     register_images,
     tiny_spec,
+    vllm_python,
 )
 
 pytestmark = pytest.mark.vllm
 
-DEFAULT_VLLM_PYTHON = Path.home() / ".cache" / "lorafuse" / "vllm-venv" / "bin" / "python"
 PROMPT = "Please reset my password. Where is my"
-
-
-def _vllm_python() -> Path:
-    """The vLLM venv of scripts/vllm-venv.sh, or $LORAFUSE_VLLM_PYTHON."""
-    python = Path(os.environ.get("LORAFUSE_VLLM_PYTHON", DEFAULT_VLLM_PYTHON))
-    if not python.is_file():
-        pytest.skip(f"no vLLM at {python}: run scripts/vllm-venv.sh or set LORAFUSE_VLLM_PYTHON")
-    return python
 
 
 def _complete(control_plane, node, namespace: str, mode: str, model: str) -> str:
@@ -48,7 +37,7 @@ def test_merged_and_adapter_serving_give_the_same_greedy_completion(
         "HF_HUB_OFFLINE": "1",
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     }
-    register_images(node, real_vllm(str(_vllm_python()), engine_env))
+    register_images(node, real_vllm(str(vllm_python()), engine_env))
     start_operator()
     mdeps = ModelDeployments(control_plane, namespace)
     serving = {
