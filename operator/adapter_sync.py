@@ -150,8 +150,7 @@ def sync_adapters(
     """Every ready adapter-mode pod of `owner` serves spec.adapters, without a restart."""
     if target is None or not runtime_adapters(spec, target):
         return AdapterSync()
-    labels = naming.selector(owner.name, "serving")
-    selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+    selector = naming.label_selector(naming.selector(owner.name, "serving"))
     before = {p.name: p for p in (previous.pods or [])} if previous else {}
     wanted = wanted_adapters(owner.name, spec)
     pods = [

@@ -251,7 +251,7 @@ class Kube:
             ("merge", self.batch.list_namespaced_job, self.batch.delete_namespaced_job),
             ("plan", self.core.list_namespaced_config_map, self.core.delete_namespaced_config_map),
         ):
-            selector = _selector(naming.selector(owner, component))
+            selector = naming.label_selector(naming.selector(owner, component))
             for item in lister(namespace, label_selector=selector).items:
                 if (item.metadata.labels or {}).get(naming.LABEL_PLAN) == keep_plan:
                     continue
@@ -352,7 +352,7 @@ class Kube:
             return Rollout()
         status = deployment.status
         wanted = _serving_target(deployment.spec.template.metadata.annotations)
-        selector = _selector(deployment.spec.selector.match_labels or {})
+        selector = naming.label_selector(deployment.spec.selector.match_labels or {})
         pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
         ready = [_serving_target(p.metadata.annotations) for p in pods if _pod_ready(p)]
         old = [target for target in ready if target != wanted]
@@ -382,10 +382,6 @@ def _applies_replicas(managed_fields: list[Any]) -> bool:
         and "f:replicas" in ((entry.fields_v1 or {}).get("f:spec") or {})
         for entry in managed_fields
     )
-
-
-def _selector(labels: dict[str, str]) -> str:
-    return ",".join(f"{key}={value}" for key, value in labels.items())
 
 
 def _int(text: str | None) -> int:

@@ -87,6 +87,11 @@ def selector(owner: str, component: str) -> dict[str, str]:
     return {LABEL_DEPLOYMENT: label_value(owner), LABEL_COMPONENT: component}
 
 
+def label_selector(labels: dict[str, str]) -> str:
+    """Labels as the API's `labelSelector` string (sorted: the same labels, the same text)."""
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+
+
 def label_value(text: str) -> str:
     return fit(re.sub(r"[^A-Za-z0-9_.-]", "-", text).strip("-_."))
 

@@ -112,8 +112,7 @@ def count_pruned(
 
 def observe_prunes(kube: Kube, owner: Owner) -> list[PruneRun]:
     """This resource's prune Jobs (by owner UID: a deleted namesake's may linger)."""
-    labels = naming.selector(owner.name, COMPONENT)
-    selector = ",".join(f"{key}={value}" for key, value in labels.items())
+    selector = naming.label_selector(naming.selector(owner.name, COMPONENT))
     jobs = kube.batch.list_namespaced_job(owner.namespace, label_selector=selector).items
     runs = []
     for job in jobs:

@@ -416,8 +416,7 @@ def _published_at(status: ModelDeploymentStatus) -> float | None:
 
 def _serving_selector(owner: Owner) -> str:
     """The serving pods' label selector as the scale subresource reports it."""
-    labels = naming.selector(owner.name, "serving")
-    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+    return naming.label_selector(naming.selector(owner.name, "serving"))
 
 
 def _mark_job(desired: list[dict[str, Any]], retry: str | None, attempt: int) -> None:
