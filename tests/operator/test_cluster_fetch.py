@@ -14,10 +14,8 @@ from tests.operator.cluster import (
     ADAPTER_COMMIT,
     BASE_COMMIT,
     NAME,
-    ModelDeployments,
     condition,
     offline_hub,
-    register_images,
     tiny_spec,
 )
 
@@ -42,12 +40,10 @@ def _no_deployment(apps, namespace: str) -> bool:
 
 
 def test_explicit_adapter_mode_fetches_first_and_serves_the_commits(
-    control_plane, namespace, node, models_claim, tiny_sources, start_operator
+    control_plane, namespace, node, mdeps, tiny_sources, start_operator
 ):
     offline_hub(node, namespace, tiny_sources)
-    register_images(node)
     start_operator()
-    mdeps = ModelDeployments(control_plane, namespace)
     spec = _adapter_spec("hf://acme/support@main")
     mdeps.create(NAME, spec)
 
@@ -84,12 +80,10 @@ def test_explicit_adapter_mode_fetches_first_and_serves_the_commits(
 
 
 def test_a_revision_the_fetch_cannot_resolve_fails_and_serves_nothing(
-    control_plane, namespace, node, models_claim, tiny_sources, start_operator
+    control_plane, namespace, node, mdeps, tiny_sources, start_operator
 ):
     offline_hub(node, namespace, tiny_sources)
-    register_images(node)
     start_operator()
-    mdeps = ModelDeployments(control_plane, namespace)
     mdeps.create(NAME, _adapter_spec("hf://acme/support@v9"))  # not in the offline cache
 
     status = mdeps.wait_status(NAME, lambda s: s.get("phase") == "Failed", 120, "a failed fetch")

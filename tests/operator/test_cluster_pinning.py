@@ -11,20 +11,16 @@ from tests.operator.cluster import (
     BASE_COMMIT,
     NAME,
     REJECTED_VALIDATION,
-    ModelDeployments,
     offline_hub,
-    register_images,
     tiny_spec,
 )
 
 
 def test_the_adapter_fallback_fetches_the_commits_the_merge_job_resolved(
-    control_plane, namespace, node, models_claim, tiny_sources, start_operator
+    control_plane, namespace, node, mdeps, tiny_sources, start_operator
 ):
     offline_hub(node, namespace, tiny_sources)
-    register_images(node)
     start_operator()
-    mdeps = ModelDeployments(control_plane, namespace)
     spec = tiny_spec(
         base={"source": "hf://acme/tiny", "revision": "main"},
         adapters=[{"name": "support", "source": "hf://acme/support@main"}],
