@@ -327,7 +327,7 @@ class Kube:
                 "Failed",
                 step,
                 result,
-                failed.reason,
+                _failure_reason(job.spec, status, failed),
                 failed.message,
                 finished_at=failed.last_transition_time,
                 pod_reason=_pod_reason(pods),
@@ -471,6 +471,19 @@ def _finished_step(pod: Any, failed: bool) -> tuple[str | None, JobResult | None
         return None, None
     container, terminated = finished[0] if failed else finished[-1]
     return container.name, parse_result(terminated.message)
+
+
+def _failure_reason(spec: Any, status: Any, failed: Any) -> str | None:
+    """The Job's failure reason, DeadlineExceeded for any Job that ran out its deadline.
+
+    The Job controller kills the pods of a Job past its deadline; when it sees a killed pod
+    fail before it records the deadline, it reports BackoffLimitExceeded instead.
+    """
+    allowed = spec.active_deadline_seconds
+    start, end = status.start_time, failed.last_transition_time
+    if allowed and start and end and (end - start).total_seconds() >= allowed:
+        return "DeadlineExceeded"
+    return failed.reason
 
 
 def _failed_at(status: Any) -> datetime | None:
