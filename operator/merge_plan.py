@@ -58,6 +58,7 @@ def plan_for(spec: ModelDeploymentSpec, paths: JobPaths = IN_JOB_POD) -> MergePl
             "calibration": calibration,
             "samples": quant.samples,
             "seq_len": quant.seq_len,
+            "ignore": quant.ignore,
         },
         validation={
             "eval": check.eval and paths.input_file("eval", check.eval),

@@ -11,6 +11,8 @@ from lorafuse.merger.files import prune
 from lorafuse.merger.pipeline.plan import (
     SOURCE_PATTERN,
     CombineMethod,
+    IgnorePattern,
+    check_ignore_method,
     OutputDtype,
     QuantMethod,
     is_gguf,
@@ -127,6 +129,12 @@ class QuantizationSpec(_Model):
     )
     samples: int = Field(default=64, ge=1, le=65536)
     seq_len: int = Field(default=512, ge=16, le=1_048_576)
+    ignore: list[IgnorePattern] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Linear layers to keep unquantized (awq, gptq, fp8), besides lm_head: "
+        "module names, class names, or 're:' and a regex on the module name.",
+    )
 
 
 class ValidationSpec(_Model):
@@ -490,6 +498,7 @@ class ModelDeploymentSpec(_Model):
             raise ValueError(f"combine.density is required for {self.combine.method}")
         if self.quantization.method in ("awq", "gptq") and self.quantization.calibration is None:
             raise ValueError(f"quantization.calibration is required for {self.quantization.method}")
+        check_ignore_method(self.quantization.method, self.quantization.ignore)
         if is_gguf(self.quantization.method) and self.serving.mode == "adapter":
             raise ValueError(
                 f"quantization.method {self.quantization.method} publishes a GGUF file for "

@@ -245,7 +245,7 @@ def quantize(plan: MergePlan, work: Workdir) -> JobResult:
     calibration = Path(quant.calibration) if quant.calibration else None
     quantize_model(QuantizeOptions(
         model=work.merged, out=work.quantized, method=quant.method, calibration=calibration,
-        samples=quant.samples, seq_len=quant.seq_len,
+        samples=quant.samples, seq_len=quant.seq_len, ignore=tuple(quant.ignore),
     ))
     write_record(work.root, "quantize", plan.content_hash(), work.quantized)
     return _ok("quantize", f"quantized with {quant.method} into {work.quantized}")

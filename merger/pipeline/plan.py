@@ -5,8 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from lorafuse import __version__
 from lorafuse.merger.engine.choices import (
@@ -34,11 +42,38 @@ class AdapterRef(_Strict):
     weight: float = 1.0
 
 
+def check_ignore_pattern(pattern: str) -> str:
+    """A layer to keep unquantized: a module name, a class name, or `re:` and a regex."""
+    if pattern.startswith("re:"):
+        try:
+            re.compile(pattern[3:])
+        except re.error as exc:
+            raise ValueError(f"{pattern!r}: not a regular expression ({exc})") from None
+    return pattern
+
+
+def check_ignore_method(method: str, ignore: list[str]) -> None:
+    """Layers are kept unquantized by llm-compressor's methods only."""
+    if ignore and (method == "none" or is_gguf(method)):
+        raise ValueError(f"quantization.ignore applies to awq, gptq and fp8, not to {method}")
+
+
+IgnorePattern = Annotated[
+    str, Field(min_length=1, max_length=256), AfterValidator(check_ignore_pattern)
+]
+
+
 class Quantization(_Strict):
     method: QuantMethod = "none"
     calibration: str | None = Field(default=None, description="JSONL of {'text'} or {'prompt'}")
     samples: int = Field(default=64, ge=1)
     seq_len: int = Field(default=512, ge=16)
+    ignore: list[IgnorePattern] = Field(default_factory=list, max_length=64)
+
+    @model_validator(mode="after")
+    def _ignore_needs_a_method(self) -> Quantization:
+        check_ignore_method(self.method, self.ignore)
+        return self
 
 
 class Validation(_Strict):
@@ -74,6 +109,8 @@ class MergePlan(_Strict):
     def content_hash(self) -> str:
         """sha256 of the fields that decide the artifact's bytes (not where it is stored)."""
         payload = self.model_dump(mode="json", exclude={"artifact_root"})
+        if not payload["quantization"]["ignore"]:  # plans from before the field hash the same
+            del payload["quantization"]["ignore"]
         payload["lorafuse_format"] = 1
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()

@@ -26,6 +26,7 @@ from lorafuse.merger.engine.provenance import (
 )
 from lorafuse.merger.files.atomic import staging_dir
 from lorafuse.merger.pipeline.calibration import CalibrationSet, load_calibration
+from lorafuse.merger.pipeline.plan import check_ignore_pattern
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ CALIBRATED = ("awq", "gptq")
 # 4-bit weights are scaled per group of input columns; vLLM's kernels take 128, 64 or 32.
 GROUP_SIZES = (128, 64, 32)
 IGNORE = ["lm_head"]  # the output head stays in the model dtype, as in llm-compressor's examples
+# vLLM loads each of these groups as one fused layer, in one precision: keep all or none.
+FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 # Files the quantized model writes itself; everything else in the source (tokenizer, chat
 # template, ...) is copied as it is.
 WRITTEN = {"config.json", "generation_config.json", "model.safetensors.index.json",
@@ -49,6 +52,7 @@ class QuantizeOptions:
     calibration: Path | None = None
     samples: int = 64
     seq_len: int = 512
+    ignore: tuple[str, ...] = ()  # layers kept unquantized besides IGNORE (llm-compressor's form)
 
 
 @dataclass
@@ -64,22 +68,24 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
     method = _check_method(options.method)
     if not (model_dir / "config.json").is_file():
         raise UserError(f"{model_dir}: not a model directory (no config.json)")
+    ignore = _check_patterns(options.ignore)
     calibration = _calibration(options, method)
-    reused = _reusable(out, model_dir, method, calibration)
+    reused = _reusable(out, model_dir, method, calibration, ignore)
     if reused is not None:
         return QuantizeResult(out=out, reused=True, quantization=reused)
     compressor = _import_llmcompressor()
     model = _load(model_dir)
-    widths = _input_widths(model, model_dir)
+    quantized = _quantized_layers(model, model_dir, ignore)
+    widths = {layer.in_features for layer in quantized.values()}
     group_size = _group_size(widths, model_dir) if SCHEMES[method] == "W4A16" else None
-    recipe = _recipe(compressor, method, group_size)
+    recipe = _recipe(compressor, method, group_size, ignore)
     dataset = _dataset(model_dir, calibration) if calibration else None
     _run_oneshot(compressor, model, recipe, dataset, calibration, model_dir, method)
     section = {
         "method": method,
         "scheme": SCHEMES[method],
         "group_size": group_size,
-        "ignore": IGNORE,
+        "ignore": ignore,
         "calibration": calibration.provenance() if calibration else None,
         "source": str(model_dir),
         "tool": f"llmcompressor {compressor.version}",
@@ -100,6 +106,13 @@ def _check_method(method: str) -> str:
     return method
 
 
+def _check_patterns(patterns: tuple[str, ...]) -> list[str]:
+    try:
+        return [*IGNORE, *(check_ignore_pattern(p) for p in patterns if p not in IGNORE)]
+    except ValueError as exc:
+        raise UserError(f"quantization ignore {exc}") from None
+
+
 def _calibration(options: QuantizeOptions, method: str) -> CalibrationSet | None:
     if method not in CALIBRATED:
         if options.calibration:
@@ -110,7 +123,9 @@ def _calibration(options: QuantizeOptions, method: str) -> CalibrationSet | None
     return load_calibration(options.calibration, options.samples, options.seq_len)
 
 
-def _reusable(out: Path, model_dir: Path, method: str, calibration) -> dict | None:
+def _reusable(
+    out: Path, model_dir: Path, method: str, calibration, ignore: list[str]
+) -> dict | None:
     """The existing output's quantization section if it is this very quantization, else None."""
     if not out.exists():
         return None
@@ -122,6 +137,7 @@ def _reusable(out: Path, model_dir: Path, method: str, calibration) -> dict | No
         section.get("method") == method
         and section.get("source") == str(model_dir)
         and section.get("calibration") == wanted_calibration
+        and section.get("ignore", IGNORE) == ignore
     )
     if not same:
         raise UserError(f"{out}: already exists and holds a different quantization")
@@ -179,19 +195,44 @@ def _load(model_dir: Path):
     return model.eval()
 
 
-def _input_widths(model, model_dir: Path) -> set[int]:
-    """in_features of the layers to quantize; none at all means llm-compressor cannot help."""
-    widths = {
-        module.in_features
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] not in IGNORE
+def _quantized_layers(model, model_dir: Path, ignore: list[str]) -> dict[str, torch.nn.Linear]:
+    """The linear layers the recipe will quantize, by name, after checking `ignore`."""
+    from compressed_tensors.utils import is_match
+
+    linears = {
+        name: module for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
     }
-    if not widths:
+    for pattern in ignore[len(IGNORE):]:
+        if not any(is_match(name, module, pattern) for name, module in linears.items()):
+            raise UserError(f"quantization ignore {pattern!r}: matches no linear layer of {model_dir}")
+    kept = {name for name, module in linears.items() if is_match(name, module, ignore)}
+    _check_fused_groups(kept, linears, model_dir)
+    quantized = {name: module for name, module in linears.items() if name not in kept}
+    if not quantized and ignore == IGNORE:
         raise UserError(
             f"{model_dir}: {type(model).__name__} has no torch.nn.Linear layers, the only kind "
             "llm-compressor quantizes (GPT-2 style Conv1D layers are not supported)"
         )
-    return widths
+    if not quantized:
+        raise UserError(f"quantization ignore: keeps every linear layer of {model_dir}; nothing "
+                        "is left to quantize")
+    log.info("quantizing %d linear layers, keeping %d in %s", len(quantized), len(kept),
+             model.dtype)
+    return quantized
+
+
+def _check_fused_groups(kept: set[str], linears: dict, model_dir: Path) -> None:
+    for name in sorted(kept):
+        prefix, _, leaf = name.rpartition(".")
+        for group in FUSED:
+            siblings = [f"{prefix}.{s}" for s in group if s != leaf and f"{prefix}.{s}" in linears]
+            split = [s for s in siblings if s not in kept]
+            if leaf in group and split:
+                raise UserError(
+                    f"quantization ignore: keeps {name} but not {split[0]} of {model_dir}; vLLM "
+                    f"serves {', '.join(group)} as one layer, so ignore all of them or none"
+                )
 
 
 def _group_size(widths: set[int], model_dir: Path) -> int:
@@ -206,16 +247,16 @@ def _group_size(widths: set[int], model_dir: Path) -> int:
     )
 
 
-def _recipe(compressor: _Compressor, method: str, group_size: int | None):
+def _recipe(compressor: _Compressor, method: str, group_size: int | None, ignore: list[str]):
     if method == "fp8":
-        return compressor.quantization(targets="Linear", scheme="FP8_DYNAMIC", ignore=IGNORE)
+        return compressor.quantization(targets="Linear", scheme="FP8_DYNAMIC", ignore=ignore)
     args_type, scheme_type = compressor.scheme_args
     weights = args_type(num_bits=4, type="int", strategy="group", group_size=group_size,
                         symmetric=True, dynamic=False)
     groups = {"group_0": scheme_type(targets=["Linear"], weights=weights)}
     if method == "gptq":
-        return compressor.gptq(config_groups=groups, ignore=IGNORE)
-    return [compressor.awq(), compressor.quantization(config_groups=groups, ignore=IGNORE)]
+        return compressor.gptq(config_groups=groups, ignore=ignore)
+    return [compressor.awq(), compressor.quantization(config_groups=groups, ignore=ignore)]
 
 
 def _dataset(model_dir: Path, calibration: CalibrationSet):

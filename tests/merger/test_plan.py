@@ -38,6 +38,7 @@ def test_artifact_root_does_not_change_the_name():
         {"combine": "ties", "density": 0.5},
         {"dtype": "float16"},
         {"seed": 7},
+        {"quantization": {"method": "fp8", "ignore": [r"re:model\.layers\.0\."]}},
         {"adapters": [{"name": "support-v3", "source": "pvc://adapters/support-v4"}]},
         {
             "adapters": [
@@ -48,6 +49,16 @@ def test_artifact_root_does_not_change_the_name():
 )
 def test_any_content_change_gives_a_new_artifact_name(change):
     assert make_plan(**change).artifact_name() != make_plan().artifact_name()
+
+
+def test_layers_kept_unquantized_need_an_llm_compressor_method():
+    with pytest.raises(ValidationError, match="applies to awq, gptq and fp8, not to gguf-q8_0"):
+        make_plan(quantization={"method": "gguf-q8_0", "ignore": ["lm_head"]})
+
+
+def test_an_ignore_pattern_must_be_a_valid_regex():
+    with pytest.raises(ValidationError, match="not a regular expression"):
+        make_plan(quantization={"method": "fp8", "ignore": ["re:layers.(0"]})
 
 
 def test_relative_source_is_rejected():

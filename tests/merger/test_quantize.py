@@ -155,3 +155,70 @@ def test_architecture_without_linear_layers_exits_2(tiny_base, tmp_path, capsys)
     err = bad_input(capsys, out, "quantize", "--model", gpt2, "--out", out,
                     "--method", "fp8")
     assert "GPT2LMHeadModel has no torch.nn.Linear layers" in err
+
+
+# --- layers kept unquantized (--ignore) -------------------------------------------------------
+
+LAYER_1 = r"re:model\.layers\.1\."
+
+
+@pytest.fixture(scope="module")
+def partly_quantized(pipeline_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("partly") / "fp8"
+    assert quantize_cli(pipeline_models.merged, out, "fp8", "--ignore", LAYER_1) == 0
+    return out
+
+
+def test_ignored_layers_keep_the_merged_weights_and_the_rest_is_quantized(
+    partly_quantized, pipeline_models
+):
+    kept = "model.layers.1.self_attn.q_proj.weight"
+    with safe_open(pipeline_models.merged / "model.safetensors", "pt") as merged:
+        original = merged.get_tensor(kept)
+    with safe_open(partly_quantized / "model.safetensors", "pt") as handle:
+        assert torch.equal(handle.get_tensor(kept), original)
+        assert handle.get_slice(f"{Q_PROJ}.weight").get_dtype() == "F8_E4M3"
+
+
+def test_the_served_config_and_provenance_name_the_ignored_layers(partly_quantized):
+    config = json.loads((partly_quantized / "config.json").read_text())["quantization_config"]
+    assert "model.layers.1.mlp.down_proj" in config["ignore"]
+    assert "model.layers.0.mlp.down_proj" not in config["ignore"]
+    section = json.loads((partly_quantized / "lorafuse.json").read_text())["quantization"]
+    assert section["ignore"] == ["lm_head", LAYER_1]
+
+
+def test_the_same_quantization_with_other_ignored_layers_is_refused_over_it(
+    partly_quantized, pipeline_models, capsys
+):
+    rc = quantize_cli(pipeline_models.merged, partly_quantized, "fp8")
+    assert rc == 2
+    assert "holds a different quantization" in capsys.readouterr().err
+
+
+def test_an_ignore_pattern_that_matches_no_layer_exits_2(pipeline_models, tmp_path, capsys):
+    out = tmp_path / "q"
+    err = bad_input(capsys, out, "quantize", "--model", pipeline_models.merged, "--out", out,
+                    "--method", "fp8", "--ignore", r"re:model\.layer\.1\.")
+    assert r"'re:model\\.layer\\.1\\.': matches no linear layer" in err
+
+
+def test_ignoring_part_of_a_layer_vllm_fuses_exits_2(pipeline_models, tmp_path, capsys):
+    out = tmp_path / "q"
+    err = bad_input(capsys, out, "quantize", "--model", pipeline_models.merged, "--out", out,
+                    "--method", "fp8", "--ignore", "model.layers.0.mlp.gate_proj")
+    assert "keeps model.layers.0.mlp.gate_proj but not model.layers.0.mlp.up_proj" in err
+
+
+def test_an_ignore_pattern_that_is_not_a_regex_exits_2(pipeline_models, tmp_path, capsys):
+    out = tmp_path / "q"
+    err = bad_input(capsys, out, "quantize", "--model", pipeline_models.merged, "--out", out,
+                    "--method", "fp8", "--ignore", "re:layers.(1")
+    assert "not a regular expression" in err
+
+
+def test_ignoring_every_layer_exits_2(pipeline_models, tmp_path, capsys):
+    out = tmp_path / "q"
+    err = bad_input(capsys, out, "quantize", "--model", pipeline_models.merged, "--out", out,
+                    "--method", "fp8", "--ignore", "Linear")
+    assert "nothing is left to quantize" in err

@@ -76,6 +76,29 @@ def test_example_is_served_by_vllm_then_stopped(models_root, capsys):
         assert sock.connect_ex(("127.0.0.1", port)) != 0  # nothing listens any more
 
 
+@pytest.mark.vllm
+def test_a_model_with_layers_kept_unquantized_is_served_by_vllm(models_root, capsys):
+    """vLLM reads the ignore list a partly quantized checkpoint carries (its fused layers
+    whole), so a layer kept in bf16 next to FP8 ones loads and answers."""
+    from lorafuse.serving.local import find_vllm_python
+
+    pytest.importorskip("llmcompressor")
+    if find_vllm_python() is None:
+        pytest.skip("vLLM CPU venv absent: run scripts/vllm-venv.sh or set LORAFUSE_VLLM_PYTHON")
+    manifest = (models_root / "examples" / "demo-fp8-modeldeployment.yaml").read_text()
+    kept = manifest.replace("method: fp8", "method: fp8\n    ignore: ['re:model\\.layers\\.1\\.']")
+    (models_root / "examples" / "partly-fp8.yaml").write_text(kept)
+    rc = run_example(models_root, "partly-fp8.yaml", "--prompt", "Where is my order?")
+    out = capsys.readouterr().out
+    artifact = Path(re.search(r"^artifact: (.+)$", out, re.MULTILINE)[1])
+    ignored = json.loads((artifact / "config.json").read_text())["quantization_config"]["ignore"]
+    completion = re.search(r"^completion for 'Where is my order\?': '(.*)'$", out, re.MULTILINE)
+    assert rc == 0, out
+    assert "model.layers.1.self_attn.q_proj" in ignored
+    assert "model.layers.0.self_attn.q_proj" not in ignored
+    assert completion and completion[1]
+
+
 def write_manifest(root: Path, text: str) -> Path:
     path = root / "manifest.yaml"
     path.write_text(text)

@@ -12,7 +12,7 @@ def test_spec_fields_become_the_plan():
         "dtype": "bfloat16",
         "quantization": {"method": "gptq", "calibration": {"configMap": {"name": "c",
                                                                          "key": "cal.jsonl"}},
-                         "samples": 16, "seqLen": 256},
+                         "samples": 16, "seqLen": 256, "ignore": ["re:.*layers\\.0\\."]},
         "validation": {"eval": {"path": "/models/eval.jsonl"}, "maxDelta": 0.05,
                        "maxNewTokens": 20, "minTokenAgreement": 0.7},
         "serving": {"mode": "merged"},
@@ -23,6 +23,7 @@ def test_spec_fields_become_the_plan():
     assert plan.adapters[0].weight == 0.5
     assert plan.quantization.calibration == "/inputs/calibration/cal.jsonl"
     assert (plan.quantization.samples, plan.quantization.seq_len) == (16, 256)
+    assert plan.quantization.ignore == ["re:.*layers\\.0\\."]
     assert plan.validation.eval == "/models/eval.jsonl"
     assert (plan.validation.max_delta, plan.validation.min_token_agreement) == (0.05, 0.7)
     assert plan.artifact_root == "/models/artifacts"

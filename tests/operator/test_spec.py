@@ -61,6 +61,12 @@ def test_awq_needs_calibration_data(raw_spec):
         ModelDeploymentSpec.model_validate(raw_spec)
 
 
+def test_layers_kept_unquantized_are_refused_without_a_quantization(raw_spec):
+    raw_spec["quantization"] = {"ignore": ["lm_head"]}
+    with pytest.raises(ValidationError, match="quantization.ignore applies to awq, gptq and fp8"):
+        ModelDeploymentSpec.model_validate(raw_spec)
+
+
 def test_a_file_reference_takes_exactly_one_of_config_map_and_path(raw_spec):
     raw_spec["validation"] = {
         "eval": {"configMap": {"name": "evals", "key": "eval.jsonl"}, "path": "/models/e.jsonl"}

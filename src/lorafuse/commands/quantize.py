@@ -7,6 +7,7 @@ import argparse
 import signal
 from pathlib import Path
 
+from lorafuse.errors import UserError
 from lorafuse.merger.engine.choices import GGUF_METHODS, is_gguf
 
 
@@ -24,6 +25,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="calibration samples to use, the first N lines (default 64)")
     parser.add_argument("--seq-len", type=int, default=512,
                         help="calibration sequence length in tokens (default 512)")
+    parser.add_argument("--ignore", action="append", default=[], metavar="LAYER",
+                        help="keep these linear layers unquantized besides lm_head (awq, gptq, "
+                        "fp8): a module name, a class name, or re:REGEX on the module name; "
+                        "repeat for several")
 
 
 def _terminate(signum, _frame):
@@ -34,17 +39,20 @@ def _terminate(signum, _frame):
 def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     if is_gguf(args.method):
+        if args.ignore:
+            raise UserError(f"--ignore applies to awq, gptq and fp8, not to {args.method}")
         return _run_gguf(args)
     from lorafuse.merger.pipeline.quantize import QuantizeOptions, quantize
 
     result = quantize(QuantizeOptions(
         model=args.model, out=args.out, method=args.method, calibration=args.calibration,
-        samples=args.samples, seq_len=args.seq_len,
+        samples=args.samples, seq_len=args.seq_len, ignore=tuple(args.ignore),
     ))
     section = result.quantization
     verb = "verified existing" if result.reused else "wrote"
     group = f", group size {section['group_size']}" if section.get("group_size") else ""
-    print(f"{verb} {result.out}: {section['method']} {section['scheme']}{group}")
+    kept = f", unquantized: {' '.join(section['ignore'])}"
+    print(f"{verb} {result.out}: {section['method']} {section['scheme']}{group}{kept}")
     return 0
 
 
