@@ -12,9 +12,9 @@ from lorafuse.merger.pipeline.plan import (
     SOURCE_PATTERN,
     CombineMethod,
     IgnorePattern,
-    check_ignore_method,
     OutputDtype,
     QuantMethod,
+    check_ignore_method,
     is_gguf,
 )
 from lorafuse.operator.naming import DEFAULT_VLLM_IMAGE

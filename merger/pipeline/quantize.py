@@ -205,7 +205,9 @@ def _quantized_layers(model, model_dir: Path, ignore: list[str]) -> dict[str, to
     }
     for pattern in ignore[len(IGNORE):]:
         if not any(is_match(name, module, pattern) for name, module in linears.items()):
-            raise UserError(f"quantization ignore {pattern!r}: matches no linear layer of {model_dir}")
+            raise UserError(
+                f"quantization ignore {pattern!r}: matches no linear layer of {model_dir}"
+            )
     kept = {name for name, module in linears.items() if is_match(name, module, ignore)}
     _check_fused_groups(kept, linears, model_dir)
     quantized = {name: module for name, module in linears.items() if name not in kept}
