@@ -163,6 +163,14 @@ def _hanging_fetch(ctx: ContainerContext) -> Launch | Sequence[str]:
     return run_as_given()(ctx)
 
 
+def _running_for(job: Any, seconds: float) -> bool:
+    """Whether the Job started that long ago. The Job controller times a deadline from the
+    first sync only; a deadline cut later is seen at the Job's next change, so it must have
+    passed already when it is cut, or the Job hangs until its pod changes."""
+    begun = job.status.start_time
+    return begun is not None and (datetime.now(UTC) - begun).total_seconds() >= seconds
+
+
 def _stamp(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
@@ -181,11 +189,12 @@ def test_a_job_past_its_deadline_is_retried_with_back_off_then_counts_as_failed(
     while time.monotonic() < deadline:
         for job in _jobs(control_plane, namespace):
             attempt = int((job.metadata.annotations or {})["lorafuse.dev/attempt"])
-            if attempt not in started:
-                started[attempt] = job.metadata.creation_timestamp
-                # The deadline of a Job that hangs, cut short (spec.job allows 60 s at least).
-                patch = {"spec": {"activeDeadlineSeconds": 1}}
-                batch.patch_namespaced_job(job.metadata.name, namespace, patch)
+            if attempt in started or not _running_for(job, seconds=3):
+                continue
+            started[attempt] = job.metadata.creation_timestamp
+            # The deadline of a Job that hangs, cut short (spec.job allows 60 s at least).
+            patch = {"spec": {"activeDeadlineSeconds": 1}}
+            batch.patch_namespaced_job(job.metadata.name, namespace, patch)
         merge = mdeps.status(NAME).get("merge") or {}
         if merge.get("state") == "Failed" and merge.get("finishedAt"):
             failed.setdefault(merge["attempt"], _stamp(merge["finishedAt"]))
