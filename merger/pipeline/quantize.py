@@ -227,14 +227,14 @@ def _quantized_layers(model, model_dir: Path, ignore: list[str]) -> dict[str, to
 def _check_fused_groups(kept: set[str], linears: dict, model_dir: Path) -> None:
     for name in sorted(kept):
         prefix, _, leaf = name.rpartition(".")
-        for group in FUSED:
-            siblings = [f"{prefix}.{s}" for s in group if s != leaf and f"{prefix}.{s}" in linears]
-            split = [s for s in siblings if s not in kept]
-            if leaf in group and split:
-                raise UserError(
-                    f"quantization ignore: keeps {name} but not {split[0]} of {model_dir}; vLLM "
-                    f"serves {', '.join(group)} as one layer, so ignore all of them or none"
-                )
+        group = next((group for group in FUSED if leaf in group), ())
+        shards = [f"{prefix}.{shard}" for shard in group]
+        split = [shard for shard in shards if shard in linears and shard not in kept]
+        if split:
+            raise UserError(
+                f"quantization ignore: keeps {name} but not {split[0]} of {model_dir}; vLLM "
+                f"serves {', '.join(group)} as one layer, so ignore all of them or none"
+            )
 
 
 def _group_size(widths: set[int], model_dir: Path) -> int:

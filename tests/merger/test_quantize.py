@@ -222,3 +222,10 @@ def test_ignoring_every_layer_exits_2(pipeline_models, tmp_path, capsys):
     err = bad_input(capsys, out, "quantize", "--model", pipeline_models.merged, "--out", out,
                     "--method", "fp8", "--ignore", "Linear")
     assert "nothing is left to quantize" in err
+
+
+def test_ignore_with_a_gguf_method_exits_2(pipeline_models, tmp_path, capsys):
+    out = tmp_path / "q"
+    err = bad_input(capsys, out, "quantize", "--model", pipeline_models.merged, "--out", out,
+                    "--method", "gguf-q8_0", "--ignore", "lm_head")
+    assert "ignore applies to awq, gptq and fp8, not to gguf-q8_0" in err

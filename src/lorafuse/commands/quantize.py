@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lorafuse.errors import UserError
 from lorafuse.merger.engine.choices import GGUF_METHODS, is_gguf
+from lorafuse.merger.pipeline.plan import check_ignore_method
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -38,9 +39,11 @@ def _terminate(signum, _frame):
 
 def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _terminate)
+    try:
+        check_ignore_method(args.method, args.ignore)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     if is_gguf(args.method):
-        if args.ignore:
-            raise UserError(f"--ignore applies to awq, gptq and fp8, not to {args.method}")
         return _run_gguf(args)
     from lorafuse.merger.pipeline.quantize import QuantizeOptions, quantize
 
