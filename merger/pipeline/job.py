@@ -26,7 +26,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorafuse.errors import UserError, ValidationFailed, first_error
+from lorafuse.errors import UserError, ValidationFailed, failure_reason, first_error
 from lorafuse.jsonfile import read_json, write_json
 from lorafuse.merger.files.digest import scan_artifact, verify_artifact
 from lorafuse.merger.pipeline.completion import adoption_conflict, completed, write_record
@@ -412,14 +412,7 @@ def _ok(step: str, message: str) -> JobResult:
 
 def failure_result(step: str, exc: BaseException, work: Workdir | None = None) -> JobResult:
     """What a failed step reports: which step, why (a reason word) and a one-line message."""
-    if isinstance(exc, ValidationFailed):
-        reason = "ValidationFailed"
-    elif isinstance(exc, UserError):
-        reason = "InvalidInput"
-    elif isinstance(exc, KeyboardInterrupt):
-        reason = "Interrupted"
-    else:
-        reason = "Error"
+    reason = failure_reason(exc)
     message = " ".join(str(exc).split()) or type(exc).__name__
     validation = None
     if reason == "ValidationFailed" and work and work.validation.is_file():

@@ -47,6 +47,17 @@ def first_error(exc: ValidationError) -> FieldError:
     return FieldError(field=field, message=message, value=error.get("input"))
 
 
+def failure_reason(exc: BaseException) -> str:
+    """The reason word a Job's container reports for an exception (its termination result)."""
+    if isinstance(exc, ValidationFailed):
+        return "ValidationFailed"
+    if isinstance(exc, UserError):
+        return "InvalidInput"
+    if isinstance(exc, KeyboardInterrupt):  # SIGTERM, as Kubernetes stops pods
+        return "Interrupted"
+    return "Error"
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """An exception's first line (libraries' messages can run to pages), or its type's name."""
     lines = str(exc).strip().splitlines()

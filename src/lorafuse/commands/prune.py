@@ -6,7 +6,7 @@ import argparse
 import signal
 from pathlib import Path
 
-from lorafuse.errors import UserError, first_line
+from lorafuse.errors import UserError, failure_reason, first_line
 from lorafuse.merger.pipeline.prune_result import PruneResult
 from lorafuse.termination import TERMINATION_LOG, report
 
@@ -63,12 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _failure(exc: BaseException) -> PruneResult:
-    if isinstance(exc, UserError):
-        reason = "InvalidInput"
-    elif isinstance(exc, KeyboardInterrupt):
-        reason = "Interrupted"
-    else:
-        reason = "Error"
+    reason = failure_reason(exc)
     return PruneResult(ok=False, reason=reason, message=first_line(exc, 1000)).fitted()
 
 
