@@ -196,36 +196,23 @@ def test_the_same_quantization_with_other_ignored_layers_is_refused_over_it(
     assert "holds a different quantization" in capsys.readouterr().err
 
 
-def test_an_ignore_pattern_that_matches_no_layer_exits_2(pipeline_models, tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("method", "ignore", "message"),
+    [
+        ("fp8", r"re:model\.layer\.1\.", r"'re:model\\.layer\\.1\\.': matches no linear layer"),
+        ("fp8", "model.layers.0.mlp.gate_proj",
+         "keeps model.layers.0.mlp.gate_proj but not model.layers.0.mlp.up_proj"),
+        ("fp8", "re:layers.(1", "not a regular expression"),
+        ("fp8", "Linear", "nothing is left to quantize"),
+        ("gguf-q8_0", "lm_head", "ignore applies to awq, gptq and fp8, not to gguf-q8_0"),
+    ],
+    ids=["matches-no-layer", "splits-a-layer-vllm-fuses", "not-a-regex", "keeps-every-layer",
+         "with-a-gguf-method"],
+)
+def test_a_bad_ignore_exits_2_with_one_line_naming_it(
+    pipeline_models, tmp_path, capsys, method, ignore, message
+):
     out = tmp_path / "q"
     err = bad_input(capsys, out, "quantize", "--model", pipeline_models.merged, "--out", out,
-                    "--method", "fp8", "--ignore", r"re:model\.layer\.1\.")
-    assert r"'re:model\\.layer\\.1\\.': matches no linear layer" in err
-
-
-def test_ignoring_part_of_a_layer_vllm_fuses_exits_2(pipeline_models, tmp_path, capsys):
-    out = tmp_path / "q"
-    err = bad_input(capsys, out, "quantize", "--model", pipeline_models.merged, "--out", out,
-                    "--method", "fp8", "--ignore", "model.layers.0.mlp.gate_proj")
-    assert "keeps model.layers.0.mlp.gate_proj but not model.layers.0.mlp.up_proj" in err
-
-
-def test_an_ignore_pattern_that_is_not_a_regex_exits_2(pipeline_models, tmp_path, capsys):
-    out = tmp_path / "q"
-    err = bad_input(capsys, out, "quantize", "--model", pipeline_models.merged, "--out", out,
-                    "--method", "fp8", "--ignore", "re:layers.(1")
-    assert "not a regular expression" in err
-
-
-def test_ignoring_every_layer_exits_2(pipeline_models, tmp_path, capsys):
-    out = tmp_path / "q"
-    err = bad_input(capsys, out, "quantize", "--model", pipeline_models.merged, "--out", out,
-                    "--method", "fp8", "--ignore", "Linear")
-    assert "nothing is left to quantize" in err
-
-
-def test_ignore_with_a_gguf_method_exits_2(pipeline_models, tmp_path, capsys):
-    out = tmp_path / "q"
-    err = bad_input(capsys, out, "quantize", "--model", pipeline_models.merged, "--out", out,
-                    "--method", "gguf-q8_0", "--ignore", "lm_head")
-    assert "ignore applies to awq, gptq and fp8, not to gguf-q8_0" in err
+                    "--method", method, "--ignore", ignore)
+    assert message in err

@@ -320,6 +320,21 @@ def offline_hub(node, namespace: str, tiny_sources: Path) -> None:
         (storage / "refs" / "main").write_text(commit)
 
 
+def serving_pinned_deployment(control_plane, namespace: str) -> Any:
+    """The adapter-mode Deployment, checked to fetch the adapter and load the base at the
+    commits offline_hub resolves (not at the branch names the spec gives)."""
+    apps = kubernetes.client.AppsV1Api(control_plane.client)
+    deployment = apps.read_namespaced_deployment(f"{NAME}-vllm", namespace)
+    pod = deployment.spec.template.spec
+    (fetch,) = pod.init_containers
+    cached = f"/cache/adapters/acme--support--{ADAPTER_COMMIT}"
+    assert fetch.args == ["acme/support", ADAPTER_COMMIT, cached]
+    args = pod.containers[0].args
+    assert args[args.index("--model") + 1] == "acme/tiny"
+    assert args[args.index("--revision") + 1] == BASE_COMMIT
+    return deployment
+
+
 # Merged in bfloat16, the model's next-token distributions move a little away from base +
 # adapters (float32); a limit of zero KL refuses any move, the default allows this one.
 REJECTED_VALIDATION = {"maxMeanKl": 0}

@@ -16,6 +16,7 @@ from tests.operator.cluster import (
     NAME,
     condition,
     offline_hub,
+    serving_pinned_deployment,
     tiny_spec,
 )
 
@@ -66,17 +67,9 @@ def test_explicit_adapter_mode_fetches_first_and_serves_the_commits(
     assert [c.name for c in containers] == ["fetch"] and not job.spec.template.spec.init_containers
     assert job.status.succeeded == 1
 
-    apps = kubernetes.client.AppsV1Api(control_plane.client)
-    deployment = apps.read_namespaced_deployment(f"{NAME}-vllm", namespace)
+    deployment = serving_pinned_deployment(control_plane, namespace)
     # created once the fetch had finished, never with the branch names
     assert deployment.metadata.creation_timestamp >= job.status.completion_time
-    pod = deployment.spec.template.spec
-    (fetch,) = pod.init_containers
-    cached = f"/cache/adapters/acme--support--{ADAPTER_COMMIT}"
-    assert fetch.args == ["acme/support", ADAPTER_COMMIT, cached]
-    args = pod.containers[0].args
-    assert args[args.index("--model") + 1] == "acme/tiny"
-    assert args[args.index("--revision") + 1] == BASE_COMMIT
 
 
 def test_a_revision_the_fetch_cannot_resolve_fails_and_serves_nothing(

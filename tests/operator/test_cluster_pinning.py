@@ -4,14 +4,13 @@ adapter-mode fallback after its failed validation fetches exactly those commits.
 
 from __future__ import annotations
 
-import kubernetes
-
 from tests.operator.cluster import (
     ADAPTER_COMMIT,
     BASE_COMMIT,
     NAME,
     REJECTED_VALIDATION,
     offline_hub,
+    serving_pinned_deployment,
     tiny_spec,
 )
 
@@ -40,12 +39,4 @@ def test_the_adapter_fallback_fetches_the_commits_the_merge_job_resolved(
         {"source": "hf://acme/tiny@main", "commit": BASE_COMMIT},
         {"source": "hf://acme/support@main", "commit": ADAPTER_COMMIT},
     ]
-    apps = kubernetes.client.AppsV1Api(control_plane.client)
-    deployment = apps.read_namespaced_deployment(f"{NAME}-vllm", namespace)
-    pod = deployment.spec.template.spec
-    (fetch,) = pod.init_containers
-    cached = f"/cache/adapters/acme--support--{ADAPTER_COMMIT}"
-    assert fetch.args == ["acme/support", ADAPTER_COMMIT, cached]
-    args = pod.containers[0].args
-    assert args[args.index("--model") + 1] == "acme/tiny"
-    assert args[args.index("--revision") + 1] == BASE_COMMIT
+    serving_pinned_deployment(control_plane, namespace)
