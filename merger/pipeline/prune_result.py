@@ -6,7 +6,7 @@ import json
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lorafuse.merger.pipeline.result import RESULT_LIMIT
+from lorafuse.merger.pipeline.result import RESULT_LIMIT, parse_termination_message
 
 
 class PruneResult(BaseModel):
@@ -41,15 +41,4 @@ class PruneResult(BaseModel):
 
 def parse_prune_result(message: str | None) -> PruneResult | None:
     """The result `lorafuse prune` wrote; a log tail (it crashed) becomes a plain failure."""
-    if not message:
-        return None
-    try:
-        data = json.loads(message)
-    except ValueError:
-        return PruneResult(ok=False, reason="Error", message=message.strip()[-500:])
-    if not isinstance(data, dict):
-        return None
-    try:
-        return PruneResult.model_validate(data)
-    except ValueError:  # pydantic's ValidationError: JSON, but not a prune result
-        return PruneResult(ok=False, reason="Error", message=message.strip()[-500:])
+    return parse_termination_message(message, PruneResult, reason="Error")

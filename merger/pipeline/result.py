@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 RESULT_LIMIT = 4096  # Kubernetes cuts termination messages at 4096 bytes
+ResultT = TypeVar("ResultT", bound=BaseModel)
 
 
 class _Part(BaseModel):
@@ -101,15 +102,23 @@ class JobResult(_Part):
 
 def parse_result(message: str | None) -> JobResult | None:
     """The result a step wrote; a log tail (the step crashed) becomes a plain failure message."""
+    return parse_termination_message(message, JobResult)
+
+
+def parse_termination_message(
+    message: str | None, model: type[ResultT], **failure: Any
+) -> ResultT | None:
+    """A container's JSON result as `model`; a log tail (it crashed) or JSON of another shape
+    becomes a failure with its last 500 characters (and the `failure` fields)."""
     if not message:
         return None
     try:
         data = json.loads(message)
     except ValueError:
-        return JobResult(ok=False, message=message.strip()[-500:])
+        return model(ok=False, message=message.strip()[-500:], **failure)
     if not isinstance(data, dict):
         return None
     try:
-        return JobResult.model_validate(data)
-    except ValueError:  # pydantic's ValidationError: JSON, but not a result
-        return JobResult(ok=False, message=message.strip()[-500:])
+        return model.model_validate(data)
+    except ValueError:  # pydantic's ValidationError: JSON, but not this kind of result
+        return model(ok=False, message=message.strip()[-500:], **failure)
